@@ -1,0 +1,151 @@
+//! The one mapping from errors to HTTP: every refusal is an RFC 9457
+//! `application/problem+json` body with a `detail` that says what to do.
+//! Clients get an opaque 500 for internal failures; the log gets the cause.
+
+use crate::cache::ServiceError;
+use crate::model::InvalidUpload;
+use crate::store::StoreError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use std::fmt;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Machine-readable code (the problem's `code` member).
+    pub code: &'static str,
+    pub detail: String,
+    /// The cause, logged, never sent.
+    pub cause: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    /// 400 with a code and a detail.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 404 for a missing schedule or job.
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// Any status.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// 500; the cause goes to the log only.
+    pub fn internal(cause: anyhow::Error) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            detail: "internal error; the server log has the cause (search for the X-Request-Id)"
+                .into(),
+            cause: Some(cause),
+        }
+    }
+
+    /// 503 while the database cannot be reached.
+    pub fn unavailable(cause: anyhow::Error) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            detail: "the database is unavailable; retry shortly".into(),
+            cause: Some(cause),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Some(cause) = &self.cause {
+            tracing::error!(
+                status = self.status.as_u16(),
+                error = format!("{cause:#}"),
+                "request failed"
+            );
+        }
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        HttpResponse::build(self.status)
+            .content_type("application/problem+json")
+            .body(body.to_string())
+    }
+}
+
+impl From<InvalidUpload> for ApiError {
+    fn from(e: InvalidUpload) -> ApiError {
+        ApiError::bad_request(
+            "invalid_upload",
+            format!("{}; nothing was stored", e.detail),
+        )
+    }
+}
+
+fn is_connectivity(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound => ApiError::not_found("no such schedule"),
+            StoreError::IdentityExists(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "identity_exists",
+                format!(
+                    "block identity \"{id}\" already exists in this schedule; nothing of this \
+                     append was stored — append only new identities"
+                ),
+            ),
+            StoreError::Database(ref db) if is_connectivity(db) => ApiError::unavailable(e.into()),
+            e => ApiError::internal(e.into()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::NotFound => ApiError::not_found("no such schedule"),
+            ServiceError::Busy => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
+            ServiceError::Store(s) => match &*s {
+                StoreError::Database(db) if is_connectivity(db) => {
+                    ApiError::unavailable(anyhow::anyhow!("{s}"))
+                }
+                _ => ApiError::internal(anyhow::anyhow!("{s}")),
+            },
+            ServiceError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! HTTP: routes, the request middleware (request id, tracing span, metrics,
+//! write authorization), health and metrics endpoints. Only this module
+//! knows actix; handlers parse, delegate to `cache`/`store`, and format.
+
+mod bins;
+mod body;
+pub mod error;
+mod format;
+mod params;
+mod schedules;
+
+use crate::cache::BinService;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use actix_web::body::EitherBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpMessage, HttpResponse};
+use error::ApiError;
+use futures_util::future::LocalBoxFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// The OpenAPI 3 description of the API, served as is.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Configured limits on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bins: u64,
+    pub max_body_bytes: u64,
+    pub max_line_bytes: u64,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub service: Arc<BinService>,
+    pub jobs: Arc<Jobs>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub api_token: Option<String>,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/v1/schedules", web::post().to(schedules::upload))
+        .route("/v1/schedules", web::get().to(schedules::list))
+        .route("/v1/schedules/{id}", web::get().to(schedules::get))
+        .route("/v1/schedules/{id}", web::delete().to(schedules::delete))
+        .route(
+            "/v1/schedules/{id}/blocks",
+            web::post().to(schedules::append),
+        )
+        .route("/v1/schedules/{id}/bins", web::get().to(bins::bins))
+        .route(
+            "/v1/schedules/{id}/visibility-histogram",
+            web::get().to(bins::histogram),
+        )
+        .route("/v1/jobs/{id}", web::get().to(schedules::job))
+        .app_data(web::PathConfig::default().error_handler(|e, _| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("bad path: {e}; ids are integers"),
+            )
+            .into()
+        }))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::not_found("no such route; see /openapi.json"))
+        }));
+}
+
+/// Routes whose requests are logged at debug level only.
+const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Request middleware: request id, span, write authorization, metrics.
+pub fn middleware<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: 'static,
+{
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().clone();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = if QUIET_ROUTES.contains(&route.as_str()) {
+        tracing::debug_span!("request", request_id = %request_id, method = %method, route = %route)
+    } else {
+        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route)
+    };
+    let denied = state.as_ref().and_then(|s| {
+        let token = s.api_token.as_deref()?;
+        if method != Method::POST && method != Method::DELETE {
+            return None;
+        }
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        (given != Some(token)).then(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "writes need `Authorization: Bearer <token>` (the server's VISBIN_API_TOKEN)",
+            )
+        })
+    });
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let fut = if let Some(err) = denied {
+        let resp = req.into_response(actix_web::ResponseError::error_response(&err));
+        Box::pin(async move { Ok(resp.map_into_right_body()) }) as LocalBoxFuture<'static, _>
+    } else {
+        let call = srv.call(req);
+        Box::pin(async move { call.await.map(ServiceResponse::map_into_left_body) })
+    };
+    Box::pin(
+        async move {
+            let mut res = fut.await?;
+            let status = res.status();
+            let cache = res
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
+            if let Ok(v) = request_id.parse() {
+                res.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
+            }
+            let elapsed = started.elapsed();
+            if let Some(s) = state {
+                s.metrics
+                    .http_duration
+                    .with_label_values(&[method.as_str(), &route, status.as_str(), &cache])
+                    .observe(elapsed.as_secs_f64());
+                s.metrics.http_latency.observe(&route, elapsed);
+            }
+            tracing::debug!(status = status.as_u16(), cache = %cache, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response");
+            Ok(res)
+        }
+        .instrument(span),
+    )
+}
+
+/// The request id of the current request (also in the `X-Request-Id` header).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ready()).await {
+        Ok(Ok(())) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))),
+        Ok(Err(e)) => Err(ApiError::unavailable(e.into())),
+        Err(_) => Err(ApiError::unavailable(anyhow::anyhow!(
+            "readiness probe timed out"
+        ))),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let m = &state.metrics;
+    let up = matches!(
+        tokio::time::timeout(Duration::from_secs(1), state.store.ready()).await,
+        Ok(Ok(()))
+    );
+    m.database_up.set(i64::from(up));
+    let (idle, active) = state.store.pool_connections();
+    m.pool_connections
+        .with_label_values(&["idle"])
+        .set(i64::from(idle));
+    m.pool_connections
+        .with_label_values(&["active"])
+        .set(i64::from(active));
+    let memory = state.service.memory();
+    m.cache_bytes.set(memory.weighted_size().await as i64);
+    m.cache_entries.set(memory.entry_count() as i64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(m.render())
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}

@@ -1,0 +1,114 @@
+//! Building and running the server: the one function the binary and the
+//! tests share. It takes its listener (port 0 in tests) from the caller.
+
+use crate::api::{self, AppState, Limits};
+use crate::cache::BinService;
+use crate::config::ServeConfig;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
+use crate::store::{self, Store};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+/// A built, not yet running, server.
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Connects the store (applying migrations), resumes missing summary
+    /// jobs, and binds the HTTP server to `listener`.
+    pub async fn build(config: &ServeConfig, listener: TcpListener) -> anyhow::Result<Application> {
+        let store =
+            store::connect(&config.database.url(), config.database.db_max_connections).await?;
+        Self::build_with_store(config, listener, store).await
+    }
+
+    /// Like [`Application::build`] with an already opened store.
+    pub async fn build_with_store(
+        config: &ServeConfig,
+        listener: TcpListener,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Application> {
+        let metrics = Arc::new(Metrics::new());
+        let service = BinService::new(
+            store.clone(),
+            metrics.clone(),
+            config.cache_bytes,
+            config.cache_write_queue,
+        );
+        let jobs = Jobs::new(
+            store.clone(),
+            service.clone(),
+            metrics.clone(),
+            config.job_concurrency,
+            tokio::runtime::Handle::current(),
+        );
+        let resumed = jobs.resume().await?;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "re-created summary jobs for schedules without a summary"
+            );
+        }
+        let state = web::Data::new(AppState {
+            store,
+            service,
+            jobs,
+            metrics,
+            limits: Limits {
+                max_bins: config.max_bins,
+                max_body_bytes: config.max_body_bytes,
+                max_line_bytes: config.max_line_bytes,
+            },
+            api_token: config.api_token.clone().filter(|t| !t.is_empty()),
+        });
+        let port = listener
+            .local_addr()
+            .context("Failed to read the listener address")?
+            .port();
+        let data = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap_fn(api::middleware)
+                .configure(api::routes)
+        })
+        .shutdown_timeout(10);
+        if let Some(w) = config.workers {
+            server = server.workers(w.max(1));
+        }
+        let server = server.listen(listener).context("Failed to listen")?.run();
+        Ok(Application {
+            server,
+            port,
+            state,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Shared state (tests inspect metrics and the cache through it).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until stopped (SIGINT/SIGTERM or [`ServerHandle::stop`]);
+    /// in-flight requests get up to 10 s to finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

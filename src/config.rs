@@ -1,0 +1,109 @@
+//! Command line and environment configuration: one clap struct per
+//! subcommand, an environment variable behind every flag.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// visbin — exact, cached visibility bins for telescope schedules.
+#[derive(Debug, Parser)]
+#[command(name = "visbin", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of the `visbin` binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies migrations first).
+    Serve(ServeConfig),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseConfig),
+    /// Write a synthetic schedule in the upload format to stdout or a file.
+    Gen(crate::gen::GenConfig),
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://…`; unset: an embedded SQLite file at
+    /// `./data/visbin.sqlite3` (created on first start).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "VISBIN_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `visbin serve` can be told.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "VISBIN_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Byte budget of the in-memory bin cache (tier 1).
+    #[arg(long, env = "VISBIN_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub cache_bytes: u64,
+
+    /// Most bins one range query may ask for; more is refused with a width
+    /// that fits.
+    #[arg(long, env = "VISBIN_MAX_BINS", default_value_t = 200_000)]
+    pub max_bins: u64,
+
+    /// Largest accepted request body (uploads and appends, JSON or NDJSON).
+    #[arg(long, env = "VISBIN_MAX_BODY_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+
+    /// Longest accepted NDJSON line (one block).
+    #[arg(long, env = "VISBIN_MAX_LINE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_line_bytes: u64,
+
+    /// When set, POST and DELETE need `Authorization: Bearer <token>`.
+    #[arg(long, env = "VISBIN_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "VISBIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Capacity of the queue of asynchronous writes to the persisted cache
+    /// tier; writes beyond it are dropped (and counted), never wrong.
+    #[arg(long, env = "VISBIN_CACHE_WRITE_QUEUE", default_value_t = 1024)]
+    pub cache_write_queue: usize,
+
+    /// Summary jobs that may run at the same time.
+    #[arg(long, env = "VISBIN_JOB_CONCURRENCY", default_value_t = 2)]
+    pub job_concurrency: usize,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "VISBIN_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl DatabaseConfig {
+    /// The database URL in effect, with the embedded default filled in.
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", default_sqlite_path().display()))
+    }
+}
+
+/// The embedded default database file.
+pub fn default_sqlite_path() -> PathBuf {
+    PathBuf::from("data").join("visbin.sqlite3")
+}

@@ -1,0 +1,154 @@
+//! Background summary jobs (DESIGN §7): after an upload or append is
+//! durable, a tokio task computes the schedule summary through the bin
+//! service — which also warms both cache tiers with the whole range at
+//! 900 s — reporting progress as it goes.
+
+use crate::cache::{BinRequest, BinService};
+use crate::engine::{summarize, BinCounts, BinRange, Filter, Grid, SUMMARY_BIN_SECONDS};
+use crate::metrics::Metrics;
+use crate::store::{JobRow, ScheduleRow, Store};
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The range is computed in this many steps so progress moves visibly.
+const STEPS: i64 = 10;
+
+/// Runs summary jobs on the main runtime, a few at a time.
+pub struct Jobs {
+    store: Arc<dyn Store>,
+    service: Arc<BinService>,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Jobs {
+    /// A runner allowing `concurrency` jobs at once, spawning on `runtime`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        service: Arc<BinService>,
+        metrics: Arc<Metrics>,
+        concurrency: usize,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Jobs> {
+        Arc::new(Jobs {
+            store,
+            service,
+            metrics,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            runtime,
+        })
+    }
+
+    /// Starts job `job_id` in the background.
+    pub fn spawn(self: &Arc<Self>, job_id: i64) {
+        let this = Arc::clone(self);
+        self.metrics.jobs.with_label_values(&["queued"]).inc();
+        self.runtime.spawn(async move {
+            let permit = this.permits.clone().acquire_owned().await;
+            this.metrics.jobs.with_label_values(&["queued"]).dec();
+            this.metrics.jobs.with_label_values(&["running"]).inc();
+            let started = std::time::Instant::now();
+            let outcome = this.run(job_id).await;
+            this.metrics.jobs.with_label_values(&["running"]).dec();
+            this.metrics
+                .job_duration
+                .with_label_values(&["summary"])
+                .observe(started.elapsed().as_secs_f64());
+            let state = match outcome {
+                Ok(()) => "done",
+                Err(e) => {
+                    tracing::warn!(job_id, error = format!("{e:#}"), "summary job failed");
+                    if let Err(e2) = this.store.job_failed(job_id, &format!("{e:#}")).await {
+                        tracing::error!(job_id, error = %e2, "could not record the job failure");
+                    }
+                    "failed"
+                }
+            };
+            this.metrics.jobs_finished.with_label_values(&[state]).inc();
+            drop(permit);
+        });
+    }
+
+    async fn run(&self, job_id: i64) -> anyhow::Result<()> {
+        let job = self
+            .store
+            .job(job_id)
+            .await?
+            .context("the job row is missing")?;
+        let Some(head) = self.store.schedule(job.schedule_id).await? else {
+            anyhow::bail!("schedule {} was deleted", job.schedule_id);
+        };
+        if head.version != job.schedule_version {
+            // A later append started a newer job; this one has nothing to add.
+            return Ok(self.store.job_done(&job, "null").await?);
+        }
+        self.store
+            .job_progress(job.id, 0.0, "loading blocks")
+            .await?;
+        let blocks = self.service.blocks_for(&head).await?;
+        let counts = self.range_bins(&job, &head).await?;
+        let summary = summarize(blocks.blocks(), counts.as_ref());
+        let json = serde_json::to_string(&summary).context("Failed to encode the summary")?;
+        self.store.job_done(&job, &json).await?;
+        Ok(())
+    }
+
+    /// The default range query's bins (`bin=900`, `origin=0`, the range),
+    /// computed step by step; `None` without a range.
+    async fn range_bins(
+        &self,
+        job: &JobRow,
+        head: &ScheduleRow,
+    ) -> anyhow::Result<Option<BinCounts>> {
+        let (Some(s), Some(e)) = (head.range_start, head.range_end) else {
+            return Ok(None);
+        };
+        if s >= e {
+            return Ok(None);
+        }
+        let grid = Grid::new(SUMMARY_BIN_SECONDS, 0);
+        let all = grid.cover(s, e);
+        let step = ((all.len() as i64 + STEPS - 1) / STEPS).max(1);
+        let mut first = all.first;
+        while first < all.end {
+            let end = (first + step).min(all.end);
+            let req = BinRequest {
+                grid,
+                bins: BinRange { first, end },
+                filter: Filter::default(),
+            };
+            self.service.bins(head, &req).await?;
+            let done = (end - all.first) as f64 / all.len() as f64;
+            self.store
+                .job_progress(
+                    job.id,
+                    done * 0.99,
+                    &format!("computed {} of {} bins", end - all.first, all.len()),
+                )
+                .await?;
+            first = end;
+        }
+        let req = BinRequest {
+            grid,
+            bins: all,
+            filter: Filter::default(),
+        };
+        let answer = self.service.bins(head, &req).await?;
+        Ok(Some(answer.counts))
+    }
+
+    /// On start: re-creates jobs for schedules whose summary is missing.
+    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let jobs = self
+            .store
+            .recreate_jobs()
+            .await
+            .context("Failed to re-create jobs")?;
+        for j in &jobs {
+            self.spawn(j.id);
+        }
+        Ok(jobs.len())
+    }
+}

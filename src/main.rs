@@ -1,0 +1,45 @@
+//! The `visbin` binary: parse the command line, set up logging, run the
+//! chosen subcommand. Everything else lives in the library.
+
+use anyhow::Context;
+use clap::Parser;
+use visbin::config::{Cli, Command, LogFormat};
+
+// glibc's allocator returns and re-faults large buffers on every request;
+// jemalloc keeps them (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => {
+            visbin::telemetry::init(config.log_format);
+            let listener = std::net::TcpListener::bind(&config.bind)
+                .with_context(|| format!("Failed to bind {}", config.bind))?;
+            let app = visbin::app::Application::build(&config, listener).await?;
+            tracing::info!(bind = %config.bind, database = redact(&config.database.url()), "visbin listening");
+            app.run_until_stopped().await?;
+            tracing::info!("visbin stopped");
+        }
+        Command::Migrate(db) => {
+            visbin::telemetry::init(LogFormat::Pretty);
+            visbin::store::connect(&db.url(), 1).await?;
+            println!("migrations applied to {}", redact(&db.url()));
+        }
+        Command::Gen(config) => visbin::gen::run(&config)?,
+    }
+    Ok(())
+}
+
+/// Hides a password in a database URL before logging it.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => match url[a + 3..b].find(':') {
+            Some(c) => format!("{}:***{}", &url[..a + 3 + c], &url[b..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
