@@ -372,7 +372,7 @@ impl Collector for SlidingQuantiles {
             label.set_name("route".into());
             label.set_value(route.clone());
             let mut m = prometheus::proto::Metric::default();
-            m.set_label(vec![label].into());
+            m.set_label(vec![label]);
             m.set_summary(summary);
             mf.mut_metric().push(m);
         }

@@ -7,7 +7,12 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Closing spans log their duration: the request span and its cache,
+    // store and compute children.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_span_events(fmt::format::FmtSpan::CLOSE)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder
             .json()

@@ -21,7 +21,7 @@ fn good_block(i: usize) -> serde_json::Value {
     block(
         &format!("b{i}"),
         i as f64,
-        i % 3 == 0,
+        i.is_multiple_of(3),
         &[(
             1_737_244_800 + i as i64 * 600,
             1_737_248_400 + i as i64 * 600,

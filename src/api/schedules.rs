@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::model::{
     parse_document, parse_ndjson_chunk, schedule_checksum, Block, BlockDigest, Header, IdentitySet,
-    InvalidUpload, SpanSet, UploadStats,
+    InvalidUpload, ParsedDocument, SpanSet, UploadStats,
 };
 use crate::store::{AppendTotals, Committed, Ingest, JobRow, ScheduleRow, UploadTotals};
 use actix_web::http::StatusCode;
@@ -180,19 +180,14 @@ where
     })
 }
 
-/// Parses a JSON body off the executor and writes its blocks to `ingest`.
-async fn receive_json<F, Fut>(
+/// Reads and parses a JSON body off the executor.
+async fn parse_json(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    open: F,
-) -> Result<Received, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Box<dyn Ingest>, ApiError>>,
-{
+) -> Result<(ParsedDocument, Accumulator), ApiError> {
     let body = read_all(req, payload, state.limits.max_body_bytes).await?;
-    let (doc, acc) = tokio::task::spawn_blocking(move || {
+    let parsed = tokio::task::spawn_blocking(move || {
         let doc = parse_document(&body)?;
         drop(body);
         let mut acc = Accumulator::new();
@@ -202,6 +197,19 @@ where
     })
     .await
     .map_err(blocking_error)??;
+    Ok(parsed)
+}
+
+/// Writes a parsed JSON body's blocks to a newly opened `ingest`.
+async fn receive_json<F, Fut>(
+    doc: ParsedDocument,
+    acc: Accumulator,
+    open: F,
+) -> Result<Received, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Box<dyn Ingest>, ApiError>>,
+{
     let mut ingest = open().await?;
     ingest.add_blocks(&doc.blocks).await?;
     Ok(Received {
@@ -245,7 +253,20 @@ async fn upload_inner(
     let received = if ndjson {
         receive_ndjson(state, req, payload, true, open).await?
     } else {
-        receive_json(state, req, payload, open).await?
+        let (doc, acc) = parse_json(state, req, payload).await?;
+        // The whole content is known: answer a duplicate before writing.
+        if let Some(h) = &doc.header {
+            let checksum = schedule_checksum(h, &acc.stats.digest);
+            if let Some(existing) = state.store.find_by_checksum(&checksum).await? {
+                let mut body = schedule_fields(&existing);
+                body.insert("duplicate".into(), json!(true));
+                return Ok((
+                    HttpResponse::Ok().json(Value::Object(body)),
+                    Some(existing.id),
+                ));
+            }
+        }
+        receive_json(doc, acc, open).await?
     };
     let header = received.header.ok_or_else(|| {
         ApiError::from(InvalidUpload::new(
@@ -333,7 +354,8 @@ async fn append_inner(
     let received = if ndjson {
         receive_ndjson(state, req, payload, false, open).await?
     } else {
-        receive_json(state, req, payload, open).await?
+        let (doc, acc) = parse_json(state, req, payload).await?;
+        receive_json(doc, acc, open).await?
     };
     let acc = received.acc;
     if acc.stats.blocks == 0 {

@@ -47,7 +47,7 @@ impl ChangeLog {
         self.changes
             .iter()
             .filter(|c| c.version > computed_at && c.version <= self.version)
-            .all(|c| !c.all && !(c.start < to && c.end > from))
+            .all(|c| !c.all && (c.start >= to || c.end <= from))
     }
 }
 

@@ -12,9 +12,13 @@ use std::sync::{Arc, Mutex};
 
 type Flight<T> = Shared<BoxFuture<'static, T>>;
 
+/// A flight's id (to tell it from a later flight of the same key) and a
+/// weak handle to its shared future.
+type Entry<T> = (u64, WeakShared<BoxFuture<'static, T>>);
+
 /// In-flight computations by key.
 pub struct Flights<K, T: Clone> {
-    map: Mutex<HashMap<K, (u64, WeakShared<BoxFuture<'static, T>>)>>,
+    map: Mutex<HashMap<K, Entry<T>>>,
     next_id: AtomicU64,
 }
 

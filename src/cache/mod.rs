@@ -26,6 +26,7 @@ use futures_util::FutureExt;
 use persist::PersistWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Gaps separated by a cached run shorter than this are computed together.
 const MIN_CACHED_RUN: i64 = 32;
@@ -217,7 +218,10 @@ impl BinService {
     ) -> Result<BinAnswer, ServiceError> {
         let started = Instant::now();
         let key = CacheKey::new(head.id, &req.grid, &req.filter);
-        let log = self.change_log(head).await?;
+        let log = self
+            .change_log(head)
+            .instrument(tracing::debug_span!("store", query = "changes"))
+            .await?;
         let after_log = Instant::now();
         let held = self.memory.get(&key).await;
         let valid: Vec<Extent> = held
@@ -246,7 +250,8 @@ impl BinService {
                 (key.text.clone(), head.version, req.bins.first, req.bins.end);
             let this = Arc::clone(self);
             let (head2, key2, log2, req2) = (head.clone(), key.clone(), log.clone(), req.clone());
-            let (filled, leader) = self
+            let span = tracing::info_span!("cache", gaps = gaps.len());
+            let (filled, _leader) = self
                 .flights
                 .run(flight_key, move || {
                     async move {
@@ -256,11 +261,9 @@ impl BinService {
                     }
                     .boxed()
                 })
+                .instrument(span)
                 .await;
             let filled = filled?;
-            if leader {
-                self.metrics.computations.inc();
-            }
             computed = filled.computed.min(total);
             timing.cache += filled.timing.cache;
             timing.store += filled.timing.store;
@@ -313,6 +316,7 @@ impl BinService {
         let rows = self
             .store
             .read_extents(head.id, key.hash64(), hull.first, hull.end)
+            .instrument(tracing::info_span!("store", query = "extents_read"))
             .await?;
         timer.observe_duration();
         timing.store += t.elapsed();
@@ -360,8 +364,9 @@ impl BinService {
                 timing,
             });
         }
-        // Compute what no tier holds.
+        // Compute what no tier holds (once for all waiters of this flight).
         let to_compute = defragment(remaining, MIN_CACHED_RUN, MAX_GAPS);
+        self.metrics.computations.inc();
         let t = Instant::now();
         let blocks = self.blocks_at(head).await?;
         timing.store += t.elapsed();
@@ -372,7 +377,15 @@ impl BinService {
             let to = req.grid.bin_start(gap.end);
             let t = Instant::now();
             let timer = self.metrics.store_timer("window_periods");
-            let (version, periods) = self.store.window_periods(head.id, from, to).await?;
+            let (version, periods) = self
+                .store
+                .window_periods(head.id, from, to)
+                .instrument(tracing::info_span!(
+                    "store",
+                    query = "window_periods",
+                    bins = gap.len()
+                ))
+                .await?;
             timer.observe_duration();
             timing.store += t.elapsed();
             if version != head.version {
@@ -380,7 +393,9 @@ impl BinService {
             }
             let t = Instant::now();
             let (cats, grid, gap) = (cats.clone(), req.grid, *gap);
+            let span = tracing::info_span!("compute", bins = gap.len(), periods = periods.len());
             let counts = tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
                 let max_len = periods.max_len();
                 count_bins(&periods, max_len, &cats, &grid, gap, None)
             })

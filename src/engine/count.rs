@@ -89,7 +89,7 @@ impl BinCounts {
 }
 
 /// Below this many candidate periods one thread is faster than splitting.
-const PARALLEL_MIN_PERIODS: usize = 200_000;
+const PARALLEL_MIN_PERIODS: usize = 40_000;
 
 /// Counts, for every bin of `bins`, the distinct blocks whose periods
 /// strictly overlap it, split into the seven counters.
@@ -158,14 +158,37 @@ fn count_serial(
 }
 
 /// A counter cell of the difference arrays.
-trait Cell: Copy + Default {
+trait Cell: Copy + Default + 'static {
+    /// Lends this cell type's per-thread scratch buffers to `f`.
+    fn with_scratch<R>(
+        diff_len: usize,
+        blocks: usize,
+        f: impl FnOnce(&mut [[Self; SLOTS]], &mut [u32]) -> R,
+    ) -> R;
     fn inc(&mut self);
     fn dec(&mut self);
+    fn add_bit(&mut self, bit: u8);
+    fn sub_bit(&mut self, bit: u8);
     fn add(self, other: Self) -> Self;
     fn get(self) -> u32;
 }
 
 impl Cell for u16 {
+    #[inline]
+    fn add_bit(&mut self, bit: u8) {
+        *self = self.wrapping_add(u16::from(bit));
+    }
+    #[inline]
+    fn sub_bit(&mut self, bit: u8) {
+        *self = self.wrapping_sub(u16::from(bit));
+    }
+    fn with_scratch<R>(
+        d: usize,
+        b: usize,
+        f: impl FnOnce(&mut [[u16; SLOTS]], &mut [u32]) -> R,
+    ) -> R {
+        with_scratch(&SCRATCH16, d, b, f)
+    }
     #[inline]
     fn inc(&mut self) {
         *self = self.wrapping_add(1);
@@ -185,6 +208,21 @@ impl Cell for u16 {
 }
 
 impl Cell for u32 {
+    #[inline]
+    fn add_bit(&mut self, bit: u8) {
+        *self = self.wrapping_add(u32::from(bit));
+    }
+    #[inline]
+    fn sub_bit(&mut self, bit: u8) {
+        *self = self.wrapping_sub(u32::from(bit));
+    }
+    fn with_scratch<R>(
+        d: usize,
+        b: usize,
+        f: impl FnOnce(&mut [[u32; SLOTS]], &mut [u32]) -> R,
+    ) -> R {
+        with_scratch(&SCRATCH32, d, b, f)
+    }
     #[inline]
     fn inc(&mut self) {
         *self = self.wrapping_add(1);
@@ -220,11 +258,66 @@ fn count_with<T: Cell>(
     let to = grid.bin_start(bins.end).min(clip_end.unwrap_or(i64::MAX));
     let range = periods.candidates(max_len, from, to);
     let cats = &cats.0;
-    // diff[j] holds the changes at bin j; slots of one bin share a cache line.
-    let mut diff: Vec<[T; SLOTS]> = vec![[T::default(); SLOTS]; n + 1];
-    // covered[b]: bins before this (relative) index are already counted for
-    // block b. Valid because periods arrive in start order.
-    let mut covered: Vec<u32> = vec![0; cats.len()];
+    T::with_scratch(n + 1, cats.len(), |diff, covered| {
+        fill_diff(periods, range, cats, grid, bins, from, diff, covered);
+        prefix(bins, diff)
+    })
+}
+
+/// Per-thread scratch buffers, reused across calls: fresh megabyte-sized
+/// allocations would be page-faulted in on every request.
+struct Scratch<T> {
+    diff: Vec<[T; SLOTS]>,
+    covered: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH16: std::cell::RefCell<Scratch<u16>> = const { std::cell::RefCell::new(Scratch { diff: Vec::new(), covered: Vec::new() }) };
+    static SCRATCH32: std::cell::RefCell<Scratch<u32>> = const { std::cell::RefCell::new(Scratch { diff: Vec::new(), covered: Vec::new() }) };
+}
+
+/// Scratch buffers of `diff_len` zeroed diff cells and `blocks` zeroed
+/// covered marks, lent to `f`.
+fn with_scratch<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Scratch<T>>>,
+    diff_len: usize,
+    blocks: usize,
+    f: impl FnOnce(&mut [[T; SLOTS]], &mut [u32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let s = &mut *s;
+            s.diff.clear();
+            s.diff.resize(diff_len, [T::default(); SLOTS]);
+            s.covered.clear();
+            s.covered.resize(blocks, 0);
+            f(&mut s.diff, &mut s.covered)
+        }
+        // Re-entered on this thread (cannot happen today): use fresh buffers.
+        Err(_) => f(
+            &mut vec![[T::default(); SLOTS]; diff_len],
+            &mut vec![0; blocks],
+        ),
+    })
+}
+
+/// Adds every candidate period's not-yet-counted bins to the difference arrays.
+#[allow(clippy::too_many_arguments)]
+fn fill_diff<T: Cell>(
+    periods: &PeriodColumns,
+    range: std::ops::Range<usize>,
+    cats: &[u8],
+    grid: &Grid,
+    bins: BinRange,
+    from: i64,
+    diff: &mut [[T; SLOTS]],
+    covered: &mut [u32],
+) {
+    let n = bins.len() as u64;
+    // Times relative to the window start are non-negative for every counted
+    // period, so bin indices are unsigned divisions by the width, done as
+    // a multiply and shift (strength reduction) instead of a hardware divide.
+    let width = strength_reduce::StrengthReducedU64::new(grid.width() as u64);
     let starts = &periods.starts[range.clone()];
     let ends = &periods.ends[range.clone()];
     let blocks = &periods.blocks[range];
@@ -233,24 +326,49 @@ fn count_with<T: Cell>(
         if cat == Categories::EXCLUDED || e <= from {
             continue;
         }
-        let a = (grid.bin_of(s) - bins.first).max(0) as u32;
-        let z = (grid.bin_of(e - 1) - bins.first + 1).min(n as i64) as u32;
+        let a = if s <= from {
+            0
+        } else {
+            (s - from) as u64 / width
+        };
+        let z = ((e - 1 - from) as u64 / width + 1).min(n);
         let seen = &mut covered[b as usize];
-        let a = a.max(*seen);
+        let a = a.max(u64::from(*seen));
         if a >= z {
             continue;
         }
-        *seen = z;
-        let q = (cat & 3) as usize;
-        diff[a as usize][q].inc();
-        diff[z as usize][q].dec();
-        if cat & 4 != 0 {
-            diff[a as usize][4].inc();
-            diff[z as usize][4].dec();
-        }
+        *seen = z as u32;
+        let (q, sched) = ((cat & 3) as usize, cat >> 2);
+        let (a, z) = (a as usize, z as usize);
+        diff[a][q].inc();
+        diff[z][q].dec();
+        // Branch-free: the scheduled flag is 0 or 1.
+        diff[a][4].add_bit(sched);
+        diff[z][4].sub_bit(sched);
     }
-    let mut out = BinCounts::zeros(bins);
-    let [visible, q1, q2, q3, q4, sched, unsched] = &mut out.columns;
+}
+
+/// One prefix pass over the difference arrays producing all seven counters.
+fn prefix<T: Cell>(bins: BinRange, diff: &[[T; SLOTS]]) -> BinCounts {
+    let n = bins.len();
+    // malloc + memset, not calloc: calloc of a large block hands out fresh
+    // pages that fault in on first write, which cost more than the counting.
+    #[allow(clippy::slow_vector_initialization)]
+    let mut columns: [Vec<u32>; 7] = std::array::from_fn(|_| {
+        let mut v = Vec::with_capacity(n);
+        v.resize(n, 0);
+        v
+    });
+    let [visible, q1, q2, q3, q4, sched, unsched] = &mut columns;
+    let (visible, q1, q2, q3, q4, sched, unsched) = (
+        &mut visible[..n],
+        &mut q1[..n],
+        &mut q2[..n],
+        &mut q3[..n],
+        &mut q4[..n],
+        &mut sched[..n],
+        &mut unsched[..n],
+    );
     let mut acc = [T::default(); SLOTS];
     for (j, d) in diff[..n].iter().enumerate() {
         for k in 0..SLOTS {
@@ -272,5 +390,8 @@ fn count_with<T: Cell>(
         sched[j] = s;
         unsched[j] = v - s;
     }
-    out
+    BinCounts {
+        range: bins,
+        columns,
+    }
 }

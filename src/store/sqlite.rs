@@ -41,7 +41,7 @@ impl SqliteStore {
             .foreign_keys(false);
         if let Some(dir) = opts.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| sqlx::Error::Io(e))?;
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
         }
         // A long upload holds the writer; other writes wait for it.

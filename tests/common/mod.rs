@@ -3,6 +3,8 @@
 //! temporary directory — and a few HTTP helpers.
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use serde_json::Value;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -326,4 +328,90 @@ pub async fn count_rows(db: &TestDb) -> (i64, i64, i64) {
 pub fn fixture() -> Value {
     let text = include_str!("../fixtures/tsi-example-schedule.json");
     serde_json::from_str(text).expect("fixture is JSON")
+}
+
+/// A parsed range-query answer in any format: (bin starts, bin ends, counters).
+pub struct Answer {
+    pub start_unix: i64,
+    pub end_unix: i64,
+    pub starts: Vec<i64>,
+    pub ends: Vec<i64>,
+    pub counts: Vec<[u32; 7]>,
+}
+
+const FIELDS: [&str; 7] = [
+    "visible_count",
+    "priority_q1_count",
+    "priority_q2_count",
+    "priority_q3_count",
+    "priority_q4_count",
+    "scheduled_visible_count",
+    "unscheduled_visible_count",
+];
+
+/// Parses a `/bins` response of format `json`, `columnar` or `csv`.
+pub fn parse_answer(format: &str, text: &str) -> Answer {
+    match format {
+        "csv" => {
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+            assert_eq!(header[0], "bin_start_unix");
+            assert_eq!(&header[2..], &FIELDS);
+            let rows: Vec<Vec<i64>> = lines
+                .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+                .collect();
+            Answer {
+                start_unix: rows.first().map_or(0, |r| r[0]),
+                end_unix: rows.last().map_or(0, |r| r[1]),
+                starts: rows.iter().map(|r| r[0]).collect(),
+                ends: rows.iter().map(|r| r[1]).collect(),
+                counts: rows
+                    .iter()
+                    .map(|r| std::array::from_fn(|i| r[2 + i] as u32))
+                    .collect(),
+            }
+        }
+        "columnar" => {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let col = |name: &str| -> Vec<i64> {
+                v["bins"][name]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect()
+            };
+            let cols: Vec<Vec<i64>> = FIELDS.iter().map(|f| col(f)).collect();
+            let starts = col("bin_start_unix");
+            Answer {
+                start_unix: v["start_unix"].as_i64().unwrap(),
+                end_unix: v["end_unix"].as_i64().unwrap(),
+                counts: (0..starts.len())
+                    .map(|j| std::array::from_fn(|i| cols[i][j] as u32))
+                    .collect(),
+                ends: col("bin_end_unix"),
+                starts,
+            }
+        }
+        _ => {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let bins = v["bins"].as_array().unwrap();
+            Answer {
+                start_unix: v["start_unix"].as_i64().unwrap(),
+                end_unix: v["end_unix"].as_i64().unwrap(),
+                starts: bins
+                    .iter()
+                    .map(|b| b["bin_start_unix"].as_i64().unwrap())
+                    .collect(),
+                ends: bins
+                    .iter()
+                    .map(|b| b["bin_end_unix"].as_i64().unwrap())
+                    .collect(),
+                counts: bins
+                    .iter()
+                    .map(|b| std::array::from_fn(|i| b[FIELDS[i]].as_u64().unwrap() as u32))
+                    .collect(),
+            }
+        }
+    }
 }

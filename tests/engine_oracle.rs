@@ -1,0 +1,264 @@
+//! The engine pinned to a brute-force oracle: for every bin, every period of
+//! every block, the strict-overlap rule, a set of block identities.
+
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+use visbin::engine::{count_bins, BinRange, BlockTable, Filter, Grid, PeriodColumns};
+
+#[derive(Debug, Clone)]
+struct B {
+    priority: f64,
+    scheduled: bool,
+    periods: Vec<(i64, i64)>,
+}
+
+fn table(blocks: &[B]) -> (BlockTable, PeriodColumns) {
+    let mut t = BlockTable::new();
+    let mut rows = Vec::new();
+    for (i, b) in blocks.iter().enumerate() {
+        t.push(
+            &format!("id{i}"),
+            b.priority,
+            b.scheduled,
+            b.periods.len() as u32,
+        );
+        rows.extend(b.periods.iter().map(|&(s, e)| (i as u32, s, e)));
+    }
+    (t, PeriodColumns::from_unsorted(rows))
+}
+
+fn selected(b: &B, i: usize, f: &Filter) -> bool {
+    f.priority_min.is_none_or(|m| b.priority >= m)
+        && f.priority_max.is_none_or(|m| b.priority <= m)
+        && f.scheduled.is_none_or(|s| s == b.scheduled)
+        && f.block_ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&format!("id{i}")))
+}
+
+/// DESIGN §4's quartile rule, written out independently of the engine.
+fn oracle_quartile(p: f64, pmin: f64, pmax: f64) -> usize {
+    if pmax == pmin {
+        return 1;
+    }
+    let x = (p - pmin) / (pmax - pmin);
+    [0.25, 0.5, 0.75].iter().filter(|&&edge| x >= edge).count()
+}
+
+/// Seven counters for bin `[bs, be)`, by brute force.
+fn oracle_bin(blocks: &[B], f: &Filter, bs: i64, be: i64) -> [u32; 7] {
+    let pmin = blocks
+        .iter()
+        .map(|b| b.priority)
+        .fold(f64::INFINITY, f64::min);
+    let pmax = blocks
+        .iter()
+        .map(|b| b.priority)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut visible: BTreeSet<usize> = BTreeSet::new();
+    for (i, b) in blocks.iter().enumerate() {
+        if selected(b, i, f) && b.periods.iter().any(|&(s, e)| s < be && e > bs) {
+            visible.insert(i);
+        }
+    }
+    let mut out = [0u32; 7];
+    for &i in &visible {
+        let b = &blocks[i];
+        out[0] += 1;
+        out[1 + oracle_quartile(b.priority, pmin, pmax)] += 1;
+        out[if b.scheduled { 5 } else { 6 }] += 1;
+    }
+    out
+}
+
+fn block_strategy() -> impl Strategy<Value = B> {
+    (
+        prop::sample::select(vec![0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 4.0, 7.25]),
+        any::<bool>(),
+        prop::collection::vec((-120i64..120, 1i64..60), 0..5),
+    )
+        .prop_map(|(priority, scheduled, ps)| B {
+            priority,
+            scheduled,
+            periods: ps.into_iter().map(|(s, len)| (s, s + len)).collect(),
+        })
+}
+
+fn filter_strategy(n: usize) -> impl Strategy<Value = Filter> {
+    (
+        prop::option::of(prop::sample::select(vec![0.0, 2.5, 5.0, 11.0])),
+        prop::option::of(prop::sample::select(vec![-1.0, 2.5, 7.25, 10.0])),
+        prop::option::of(any::<bool>()),
+        prop::option::of(prop::collection::btree_set(0..n + 2, 0..3)),
+    )
+        .prop_map(|(pmin, pmax, sched, ids)| Filter {
+            priority_min: pmin,
+            priority_max: pmax,
+            scheduled: sched,
+            // Indices past the last block name identities the schedule lacks.
+            block_ids: ids.map(|s| s.into_iter().map(|i| format!("id{i}")).collect()),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn engine_equals_oracle(
+        (blocks, f) in prop::collection::vec(block_strategy(), 1..8)
+            .prop_flat_map(|b| { let n = b.len(); (Just(b), filter_strategy(n)) }),
+        width in prop::sample::select(vec![1i64, 2, 3, 7, 15, 60, 500]),
+        origin in -50i64..50,
+        start in -150i64..150,
+        len in 1i64..200,
+    ) {
+        let (t, p) = table(&blocks);
+        let grid = Grid::new(width, origin);
+        let bins = grid.cover(start, start + len);
+        let got = count_bins(&p, p.max_len(), &t.categories(&f), &grid, bins, None);
+        prop_assert_eq!(got.range, bins);
+        for j in 0..bins.len() {
+            let k = bins.first + j as i64;
+            let want = oracle_bin(&blocks, &f, grid.bin_start(k), grid.bin_start(k + 1));
+            let have: Vec<u32> = got.columns.iter().map(|c| c[j]).collect();
+            prop_assert_eq!(&have[..], &want[..], "bin {} of {:?}", k, bins);
+        }
+    }
+
+    #[test]
+    fn tsi_histogram_equals_oracle(
+        blocks in prop::collection::vec(block_strategy(), 1..8),
+        s in -150i64..100,
+        span in 1i64..250,
+        d in 1i64..80,
+    ) {
+        let e = s + span;
+        let (t, p) = table(&blocks);
+        let grid = Grid::new(d, s);
+        let n = (span + d - 1) / d;
+        let first = grid.bin_of(s);
+        let bins = BinRange { first, end: first + n };
+        let got = count_bins(&p, p.max_len(), &t.categories(&Filter::default()), &grid, bins, Some(e));
+        for i in 0..n {
+            let bs = s + i * d;
+            let be = (bs + d).min(e);
+            let want = oracle_bin(&blocks, &Filter::default(), bs, be);
+            prop_assert_eq!(got.columns[0][i as usize], want[0], "bin {} [{}, {})", i, bs, be);
+        }
+    }
+}
+
+fn one(priority: f64, scheduled: bool, periods: &[(i64, i64)]) -> B {
+    B {
+        priority,
+        scheduled,
+        periods: periods.to_vec(),
+    }
+}
+
+fn visible(blocks: &[B], width: i64, start: i64, end: i64) -> Vec<u32> {
+    let (t, p) = table(blocks);
+    let grid = Grid::new(width, 0);
+    count_bins(
+        &p,
+        p.max_len(),
+        &t.categories(&Filter::default()),
+        &grid,
+        grid.cover(start, end),
+        None,
+    )
+    .columns[0]
+        .clone()
+}
+
+#[test]
+fn a_period_ending_exactly_on_a_bin_edge_does_not_count_in_the_next_bin() {
+    assert_eq!(
+        visible(&[one(1.0, false, &[(0, 900)])], 900, 0, 1800),
+        vec![1, 0]
+    );
+    assert_eq!(
+        visible(&[one(1.0, false, &[(900, 901)])], 900, 0, 1800),
+        vec![0, 1]
+    );
+}
+
+#[test]
+fn two_periods_of_one_block_in_one_bin_count_once() {
+    assert_eq!(
+        visible(
+            &[one(1.0, false, &[(10, 20), (30, 40), (35, 50)])],
+            900,
+            0,
+            900
+        ),
+        vec![1]
+    );
+}
+
+#[test]
+fn a_day_bin_counts_a_block_once_however_many_quarter_hours_it_spans() {
+    let periods: Vec<(i64, i64)> = (0..20).map(|k| (k * 3600, k * 3600 + 900)).collect();
+    let blocks = [one(1.0, false, &periods), one(2.0, true, &[(100, 200)])];
+    assert_eq!(visible(&blocks, 86_400, 0, 86_400), vec![2]);
+    let quarter = visible(&blocks, 900, 0, 86_400);
+    assert_eq!(quarter.iter().max(), Some(&2));
+    assert_eq!(quarter.iter().filter(|&&v| v > 0).count(), 20);
+}
+
+#[test]
+fn all_equal_priorities_put_every_block_in_q2() {
+    let blocks = [one(3.0, false, &[(0, 10)]), one(3.0, true, &[(0, 10)])];
+    let (t, p) = table(&blocks);
+    let grid = Grid::new(60, 0);
+    let c = count_bins(
+        &p,
+        p.max_len(),
+        &t.categories(&Filter::default()),
+        &grid,
+        grid.cover(0, 60),
+        None,
+    );
+    assert_eq!(
+        [
+            c.columns[1][0],
+            c.columns[2][0],
+            c.columns[3][0],
+            c.columns[4][0]
+        ],
+        [0, 2, 0, 0]
+    );
+}
+
+#[test]
+fn parallel_split_equals_serial_windows_on_a_large_schedule() {
+    // Enough candidate periods to take the multi-threaded path.
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut t = BlockTable::new();
+    let mut rows = Vec::new();
+    for b in 0..70_000u32 {
+        t.push(
+            &format!("b{b}"),
+            rng.gen_range(0.0..10.0),
+            rng.gen_bool(0.3),
+            4,
+        );
+        for _ in 0..4 {
+            let s = rng.gen_range(0..3_000_000i64);
+            rows.push((b, s, s + rng.gen_range(1..30_000)));
+        }
+    }
+    let p = PeriodColumns::from_unsorted(rows);
+    let cats = t.categories(&Filter::default());
+    let grid = Grid::new(3600, 0);
+    let all = grid.cover(0, 3_100_000);
+    let whole = count_bins(&p, p.max_len(), &cats, &grid, all, None);
+    let mut first = all.first;
+    while first < all.end {
+        let end = (first + 17).min(all.end);
+        let part = count_bins(&p, p.max_len(), &cats, &grid, BinRange { first, end }, None);
+        assert_eq!(part, whole.slice(BinRange { first, end }));
+        first = end;
+    }
+}
