@@ -57,6 +57,7 @@ impl Application {
             );
         }
         let state = web::Data::new(AppState {
+            heads: crate::cache::HeadReader::new(store.clone()),
             store,
             service,
             jobs,

@@ -9,6 +9,7 @@ use crate::cache::BinRequest;
 use crate::engine::Grid;
 use crate::store::ScheduleRow;
 use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
 
 const BIN_PARAMS: &[&str] = &[
     "start",
@@ -38,6 +39,22 @@ pub(super) async fn schedule_head(state: &AppState, id: i64) -> Result<ScheduleR
     head.ok_or_else(|| ApiError::not_found(format!("schedule {id} does not exist")))
 }
 
+/// The schedule row for a read, through the coalescing reader.
+async fn read_head(state: &AppState, id: i64) -> Result<ScheduleRow, ApiError> {
+    let timer = state.metrics.store_timer("schedule_head");
+    let head = state
+        .heads
+        .read(id)
+        .await
+        .map_err(|e| match Arc::try_unwrap(e) {
+            Ok(e) => ApiError::from(e),
+            Err(shared) => ApiError::from(crate::cache::ServiceError::Store(shared)),
+        })?;
+    timer.observe_duration();
+    let head = head.ok_or_else(|| ApiError::not_found(format!("schedule {id} does not exist")))?;
+    Ok((*head).clone())
+}
+
 /// The range query.
 pub async fn bins(
     state: web::Data<AppState>,
@@ -51,7 +68,7 @@ pub async fn bins(
     let filter = p.filter()?;
     let fmt = Format::parse(&p)?;
     let (start, end) = (p.instant("start")?, p.instant("end")?);
-    let head = schedule_head(&state, id).await?;
+    let head = read_head(&state, id).await?;
     let (start, end) = match (start.or(head.range_start), end.or(head.range_end)) {
         (Some(s), Some(e)) => (s, e),
         _ => {
@@ -138,7 +155,7 @@ pub async fn histogram(
     let minutes = p.positive("bin_duration_minutes")?;
     let num_bins = p.positive("num_bins")?.unwrap_or(50);
     let filter = p.filter()?;
-    let head = schedule_head(&state, id).await?;
+    let head = read_head(&state, id).await?;
     let (Some(s), Some(e)) = (head.range_start, head.range_end) else {
         return Ok(HttpResponse::Ok().json(Vec::<serde_json::Value>::new()));
     };

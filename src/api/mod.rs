@@ -37,6 +37,8 @@ pub struct Limits {
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Coalesced schedule-row reads for the range-query path.
+    pub heads: Arc<crate::cache::HeadReader>,
     pub service: Arc<BinService>,
     pub jobs: Arc<Jobs>,
     pub metrics: Arc<Metrics>,

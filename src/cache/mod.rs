@@ -9,11 +9,13 @@
 
 mod extent;
 mod flight;
+mod head;
 mod key;
 mod memory;
 mod persist;
 
 pub use extent::{ChangeLog, Extent, MAX_EXTENT_BINS};
+pub use head::HeadReader;
 pub use key::{CacheKey, CACHE_FORMAT_VERSION};
 pub use memory::MemoryTier;
 

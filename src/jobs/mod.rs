@@ -87,9 +87,24 @@ impl Jobs {
         self.store
             .job_progress(job.id, 0.0, "loading blocks")
             .await?;
-        let blocks = self.service.blocks_for(&head).await?;
-        let counts = self.range_bins(&job, &head).await?;
-        let summary = summarize(blocks.blocks(), counts.as_ref());
+        let computed = async {
+            let blocks = self.service.blocks_for(&head).await?;
+            let counts = self.range_bins(&job, &head).await?;
+            anyhow::Ok(summarize(blocks.blocks(), counts.as_ref()))
+        }
+        .await;
+        let summary = match computed {
+            Ok(s) => s,
+            Err(e) => {
+                // An append while the job ran supersedes it: the newer job
+                // writes the summary, so this one ends without one.
+                let now = self.store.schedule(job.schedule_id).await?;
+                if now.is_some_and(|s| s.version != job.schedule_version) {
+                    return Ok(self.store.job_done(&job, "null").await?);
+                }
+                return Err(e);
+            }
+        };
         let json = serde_json::to_string(&summary).context("Failed to encode the summary")?;
         self.store.job_done(&job, &json).await?;
         Ok(())
