@@ -36,10 +36,12 @@ impl Application {
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Application> {
         let metrics = Arc::new(Metrics::new());
+        // The budget is shared: 7/8 for computed bins, 1/8 for serialized responses.
+        let response_bytes = config.cache_bytes / 8;
         let service = BinService::new(
             store.clone(),
             metrics.clone(),
-            config.cache_bytes,
+            config.cache_bytes - response_bytes,
             config.cache_write_queue,
         );
         let jobs = Jobs::new(
@@ -58,6 +60,12 @@ impl Application {
         }
         let state = web::Data::new(AppState {
             heads: crate::cache::HeadReader::new(store.clone()),
+            responses: moka::sync::Cache::builder()
+                .max_capacity(response_bytes)
+                .weigher(|k: &Arc<str>, v: &bytes::Bytes| {
+                    (k.len() + v.len()).min(u32::MAX as usize) as u32
+                })
+                .build(),
             store,
             service,
             jobs,

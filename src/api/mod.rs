@@ -39,6 +39,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Coalesced schedule-row reads for the range-query path.
     pub heads: Arc<crate::cache::HeadReader>,
+    /// Serialized range-query responses by (version, request), bounded in bytes.
+    pub responses: moka::sync::Cache<Arc<str>, bytes::Bytes>,
     pub service: Arc<BinService>,
     pub jobs: Arc<Jobs>,
     pub metrics: Arc<Metrics>,
@@ -48,7 +50,10 @@ pub struct AppState {
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    // The router tries patterns in order and each `{id}` pattern costs a
+    // regex match: the hot read route comes first.
+    cfg.route("/v1/schedules/{id}/bins", web::get().to(bins::bins))
+        .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
@@ -60,7 +65,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/schedules/{id}/blocks",
             web::post().to(schedules::append),
         )
-        .route("/v1/schedules/{id}/bins", web::get().to(bins::bins))
         .route(
             "/v1/schedules/{id}/visibility-histogram",
             web::get().to(bins::histogram),
@@ -78,6 +82,45 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         }));
 }
 
+/// Every route template, for the `route` label.
+const ROUTES: [&str; 10] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/v1/schedules",
+    "/v1/schedules/{id}",
+    "/v1/schedules/{id}/blocks",
+    "/v1/schedules/{id}/bins",
+    "/v1/schedules/{id}/visibility-histogram",
+    "/v1/jobs/{id}",
+];
+
+/// The route template a path falls under (`unmatched` for any other path,
+/// so that label values stay bounded). A segment match, not actix's
+/// `match_pattern`, which runs the router's regexes a second time.
+fn route_template(path: &str) -> &'static str {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    ROUTES
+        .iter()
+        .find(|t| {
+            let (mut a, mut b) = (t.split('/'), path.split('/'));
+            loop {
+                match (a.next(), b.next()) {
+                    (None, None) => return true,
+                    (Some("{id}"), Some(seg)) if !seg.is_empty() => {}
+                    (Some(x), Some(y)) if x == y => {}
+                    _ => return false,
+                }
+            }
+        })
+        .copied()
+        .unwrap_or("unmatched")
+}
+
 /// Routes whose requests are logged at debug level only.
 const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
@@ -93,9 +136,7 @@ where
 {
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = route_template(req.path());
     let method = req.method().clone();
     let request_id = req
         .headers()
@@ -104,7 +145,7 @@ where
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = if QUIET_ROUTES.contains(&route.as_str()) {
+    let span = if QUIET_ROUTES.contains(&route) {
         tracing::debug_span!("request", request_id = %request_id, method = %method, route = %route)
     } else {
         tracing::info_span!("request", request_id = %request_id, method = %method, route = %route)
@@ -152,9 +193,9 @@ where
             if let Some(s) = state {
                 s.metrics
                     .http_duration
-                    .with_label_values(&[method.as_str(), &route, status.as_str(), &cache])
+                    .with_label_values(&[method.as_str(), route, status.as_str(), &cache])
                     .observe(elapsed.as_secs_f64());
-                s.metrics.http_latency.observe(&route, elapsed);
+                s.metrics.http_latency.observe(route, elapsed);
             }
             tracing::debug!(status = status.as_u16(), cache = %cache, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response");
             Ok(res)
@@ -207,4 +248,29 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    #[test]
+    fn paths_map_to_their_route_templates_and_nothing_else() {
+        assert_eq!(
+            route_template("/v1/schedules/7/bins"),
+            "/v1/schedules/{id}/bins"
+        );
+        assert_eq!(
+            route_template("/v1/schedules/x/bins"),
+            "/v1/schedules/{id}/bins"
+        );
+        assert_eq!(route_template("/v1/schedules"), "/v1/schedules");
+        assert_eq!(route_template("/v1/schedules/7"), "/v1/schedules/{id}");
+        assert_eq!(route_template("/v1/jobs/3"), "/v1/jobs/{id}");
+        assert_eq!(route_template("/healthz"), "/healthz");
+        assert_eq!(route_template("/v1/schedules//bins"), "unmatched");
+        assert_eq!(route_template("/v1/schedules/7/bins/extra"), "unmatched");
+        assert_eq!(route_template("/nope/1"), "unmatched");
+        assert_eq!(route_template("/"), "unmatched");
+    }
 }

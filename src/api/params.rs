@@ -136,7 +136,7 @@ impl Params {
 }
 
 /// Output formats of the range query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     Json,
     Columnar,

@@ -34,6 +34,9 @@ use tracing::Instrument;
 const MIN_CACHED_RUN: i64 = 32;
 /// More gaps than this are computed as their hull.
 const MAX_GAPS: usize = 8;
+/// Computations over at most this many periods run on the async executor
+/// (well under a millisecond); larger ones go to the blocking pool.
+const INLINE_MAX_PERIODS: usize = 20_000;
 /// Attempts when the schedule changes while a request is being answered.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -395,14 +398,21 @@ impl BinService {
             }
             let t = Instant::now();
             let (cats, grid, gap) = (cats.clone(), req.grid, *gap);
+            let periods_len = periods.len();
             let span = tracing::info_span!("compute", bins = gap.len(), periods = periods.len());
-            let counts = tokio::task::spawn_blocking(move || {
+            let run = move || {
                 let _entered = span.enter();
-                let max_len = periods.max_len();
-                count_bins(&periods, max_len, &cats, &grid, gap, None)
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                count_bins(&periods, periods.max_len(), &cats, &grid, gap, None)
+            };
+            // Small inputs take microseconds: handing them to the blocking
+            // pool would cost more than computing them here.
+            let counts = if periods_len <= INLINE_MAX_PERIODS {
+                run()
+            } else {
+                tokio::task::spawn_blocking(run)
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?
+            };
             let elapsed = t.elapsed();
             self.metrics.compute_duration.observe(elapsed.as_secs_f64());
             timing.compute += elapsed;

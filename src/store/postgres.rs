@@ -442,34 +442,41 @@ impl Store for PgStore {
         from: i64,
         to: i64,
     ) -> StoreResult<(i64, PeriodColumns)> {
-        // One snapshot for the version and the periods it tags.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let head: Option<(i64, i64)> =
-            sqlx::query_as("SELECT version, max_period_seconds FROM schedules WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (version, max_len) = head.ok_or(StoreError::NotFound)?;
-        let mut out = PeriodColumns::default();
-        {
-            let mut rows = sqlx::query_as::<_, (i32, i64, i64)>(
-                "SELECT block_idx, start_unix, end_unix FROM periods \
-                 WHERE schedule_id = $1 AND start_unix > $2 AND start_unix < $3 AND end_unix > $4 \
-                 ORDER BY start_unix",
-            )
-            .bind(id)
-            .bind(from.saturating_sub(max_len))
-            .bind(to)
-            .bind(from)
-            .fetch(&mut *tx);
-            while let Some((b, s, e)) = rows.try_next().await? {
-                out.push(b as u32, s, e);
+        // One statement is one snapshot: the version and the periods it
+        // tags come from the same state, in a single round trip. The
+        // schedule row drives a lateral index scan in start order.
+        let mut rows = sqlx::query_as::<_, (i64, Option<i32>, Option<i64>, Option<i64>)>(
+            "SELECT s.version, p.block_idx, p.start_unix, p.end_unix FROM schedules s \
+             LEFT JOIN LATERAL (SELECT block_idx, start_unix, end_unix FROM periods \
+               WHERE schedule_id = s.id AND start_unix > $2 - s.max_period_seconds \
+               AND start_unix < $3 AND end_unix > $2 ORDER BY start_unix) p ON true \
+             WHERE s.id = $1",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .fetch(&self.pool);
+        let mut version = None;
+        let mut found: Vec<(u32, i64, i64)> = Vec::new();
+        let mut sorted = true;
+        while let Some((v, b, s, e)) = rows.try_next().await? {
+            version = Some(v);
+            if let (Some(b), Some(s), Some(e)) = (b, s, e) {
+                sorted &= found.last().is_none_or(|&(_, prev, _)| prev <= s);
+                found.push((b as u32, s, e));
             }
         }
-        tx.commit().await?;
+        let version = version.ok_or(StoreError::NotFound)?;
+        // The lateral scan yields start order; sort only if a plan did not.
+        let out = if sorted {
+            let mut p = PeriodColumns::with_capacity(found.len());
+            for (b, s, e) in found {
+                p.push(b, s, e);
+            }
+            p
+        } else {
+            PeriodColumns::from_unsorted(found)
+        };
         Ok((version, out))
     }
 
