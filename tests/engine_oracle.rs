@@ -1,8 +1,10 @@
 //! The engine pinned to a brute-force oracle: for every bin, every period of
 //! every block, the strict-overlap rule, a set of block identities.
 
+mod common;
+
+use common::oracle::{self, OBlock, OFilter};
 use proptest::prelude::*;
-use std::collections::BTreeSet;
 use visbin::engine::{count_bins, BinRange, BlockTable, Filter, Grid, PeriodColumns};
 
 #[derive(Debug, Clone)]
@@ -27,48 +29,34 @@ fn table(blocks: &[B]) -> (BlockTable, PeriodColumns) {
     (t, PeriodColumns::from_unsorted(rows))
 }
 
-fn selected(b: &B, i: usize, f: &Filter) -> bool {
-    f.priority_min.is_none_or(|m| b.priority >= m)
-        && f.priority_max.is_none_or(|m| b.priority <= m)
-        && f.scheduled.is_none_or(|s| s == b.scheduled)
-        && f.block_ids
+/// The oracle's view of the blocks (identities `id0`, `id1`, …).
+fn oblocks(blocks: &[B]) -> Vec<OBlock> {
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| OBlock {
+            identity: format!("id{i}"),
+            priority: b.priority,
+            scheduled: b.scheduled,
+            periods: b.periods.clone(),
+        })
+        .collect()
+}
+
+fn ofilter(f: &Filter) -> OFilter {
+    OFilter {
+        priority_min: f.priority_min,
+        priority_max: f.priority_max,
+        scheduled: f.scheduled,
+        block_ids: f
+            .block_ids
             .as_ref()
-            .is_none_or(|ids| ids.contains(&format!("id{i}")))
-}
-
-/// DESIGN §4's quartile rule, written out independently of the engine.
-fn oracle_quartile(p: f64, pmin: f64, pmax: f64) -> usize {
-    if pmax == pmin {
-        return 1;
+            .map(|ids| ids.iter().cloned().collect()),
     }
-    let x = (p - pmin) / (pmax - pmin);
-    [0.25, 0.5, 0.75].iter().filter(|&&edge| x >= edge).count()
 }
 
-/// Seven counters for bin `[bs, be)`, by brute force.
 fn oracle_bin(blocks: &[B], f: &Filter, bs: i64, be: i64) -> [u32; 7] {
-    let pmin = blocks
-        .iter()
-        .map(|b| b.priority)
-        .fold(f64::INFINITY, f64::min);
-    let pmax = blocks
-        .iter()
-        .map(|b| b.priority)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let mut visible: BTreeSet<usize> = BTreeSet::new();
-    for (i, b) in blocks.iter().enumerate() {
-        if selected(b, i, f) && b.periods.iter().any(|&(s, e)| s < be && e > bs) {
-            visible.insert(i);
-        }
-    }
-    let mut out = [0u32; 7];
-    for &i in &visible {
-        let b = &blocks[i];
-        out[0] += 1;
-        out[1 + oracle_quartile(b.priority, pmin, pmax)] += 1;
-        out[if b.scheduled { 5 } else { 6 }] += 1;
-    }
-    out
+    oracle::bin(&oblocks(blocks), &ofilter(f), bs, be)
 }
 
 fn block_strategy() -> impl Strategy<Value = B> {

@@ -165,81 +165,48 @@ trait Cell: Copy + Default + 'static {
         blocks: usize,
         f: impl FnOnce(&mut [[Self; SLOTS]], &mut [u32]) -> R,
     ) -> R;
-    fn inc(&mut self);
-    fn dec(&mut self);
-    fn add_bit(&mut self, bit: u8);
-    fn sub_bit(&mut self, bit: u8);
+    /// Adds 0 or 1 (wrapping).
+    fn plus(&mut self, bit: u8);
+    /// Subtracts 0 or 1 (wrapping).
+    fn minus(&mut self, bit: u8);
+    /// Wrapping sum (the prefix pass).
     fn add(self, other: Self) -> Self;
+    /// The counter value.
     fn get(self) -> u32;
 }
 
-impl Cell for u16 {
-    #[inline]
-    fn add_bit(&mut self, bit: u8) {
-        *self = self.wrapping_add(u16::from(bit));
-    }
-    #[inline]
-    fn sub_bit(&mut self, bit: u8) {
-        *self = self.wrapping_sub(u16::from(bit));
-    }
-    fn with_scratch<R>(
-        d: usize,
-        b: usize,
-        f: impl FnOnce(&mut [[u16; SLOTS]], &mut [u32]) -> R,
-    ) -> R {
-        with_scratch(&SCRATCH16, d, b, f)
-    }
-    #[inline]
-    fn inc(&mut self) {
-        *self = self.wrapping_add(1);
-    }
-    #[inline]
-    fn dec(&mut self) {
-        *self = self.wrapping_sub(1);
-    }
-    #[inline]
-    fn add(self, other: Self) -> Self {
-        self.wrapping_add(other)
-    }
-    #[inline]
-    fn get(self) -> u32 {
-        u32::from(self)
-    }
+macro_rules! cell {
+    ($t:ty, $scratch:ident) => {
+        impl Cell for $t {
+            fn with_scratch<R>(
+                d: usize,
+                b: usize,
+                f: impl FnOnce(&mut [[$t; SLOTS]], &mut [u32]) -> R,
+            ) -> R {
+                with_scratch(&$scratch, d, b, f)
+            }
+            #[inline]
+            fn plus(&mut self, bit: u8) {
+                *self = self.wrapping_add(<$t>::from(bit));
+            }
+            #[inline]
+            fn minus(&mut self, bit: u8) {
+                *self = self.wrapping_sub(<$t>::from(bit));
+            }
+            #[inline]
+            fn add(self, other: Self) -> Self {
+                self.wrapping_add(other)
+            }
+            #[inline]
+            fn get(self) -> u32 {
+                u32::from(self)
+            }
+        }
+    };
 }
 
-impl Cell for u32 {
-    #[inline]
-    fn add_bit(&mut self, bit: u8) {
-        *self = self.wrapping_add(u32::from(bit));
-    }
-    #[inline]
-    fn sub_bit(&mut self, bit: u8) {
-        *self = self.wrapping_sub(u32::from(bit));
-    }
-    fn with_scratch<R>(
-        d: usize,
-        b: usize,
-        f: impl FnOnce(&mut [[u32; SLOTS]], &mut [u32]) -> R,
-    ) -> R {
-        with_scratch(&SCRATCH32, d, b, f)
-    }
-    #[inline]
-    fn inc(&mut self) {
-        *self = self.wrapping_add(1);
-    }
-    #[inline]
-    fn dec(&mut self) {
-        *self = self.wrapping_sub(1);
-    }
-    #[inline]
-    fn add(self, other: Self) -> Self {
-        self.wrapping_add(other)
-    }
-    #[inline]
-    fn get(self) -> u32 {
-        self
-    }
-}
+cell!(u16, SCRATCH16);
+cell!(u32, SCRATCH32);
 
 /// Difference-array slots per bin: the four quartiles, then "scheduled".
 /// Visible is their quartile sum and unscheduled = visible − scheduled.
@@ -340,11 +307,11 @@ fn fill_diff<T: Cell>(
         *seen = z as u32;
         let (q, sched) = ((cat & 3) as usize, cat >> 2);
         let (a, z) = (a as usize, z as usize);
-        diff[a][q].inc();
-        diff[z][q].dec();
+        diff[a][q].plus(1);
+        diff[z][q].minus(1);
         // Branch-free: the scheduled flag is 0 or 1.
-        diff[a][4].add_bit(sched);
-        diff[z][4].sub_bit(sched);
+        diff[a][4].plus(sched);
+        diff[z][4].minus(sched);
     }
 }
 
