@@ -83,6 +83,8 @@ fn random_filter(rng: &mut ChaCha8Rng, blocks: &[OBlock]) -> OFilter {
 
 struct Query {
     path: String,
+    /// The query string's parts other than the window.
+    params: String,
     format: &'static str,
     key: String,
     first_start: i64,
@@ -105,11 +107,10 @@ fn random_query(rng: &mut ChaCha8Rng, id: i64, blocks: &[OBlock], range: (i64, i
     let o = origin.rem_euclid(width);
     let first = (start - o).div_euclid(width);
     let last = (end - 1 - o).div_euclid(width);
+    let params = format!("bin={width}&origin={origin}&format={format}{}", f.query());
     Query {
-        path: format!(
-            "/v1/schedules/{id}/bins?bin={width}&origin={origin}&format={format}{window}{}",
-            f.query()
-        ),
+        path: format!("/v1/schedules/{id}/bins?{params}{window}"),
+        params,
         format,
         key: format!("{id}|{width}|{o}|{:?}", f),
         first_start: o + first * width,
@@ -220,6 +221,28 @@ async fn model(backend: Backend, seed: u64, steps: usize) {
             let again = check_query(&app, &q, &f, &blocks).await;
             assert_eq!(again, "hit", "a window just computed must hit: {}", q.path);
             hits += 1;
+            // A part of it: served from the cached extents, not recomputed.
+            let n = (q.n / 2).max(1);
+            let part = Query {
+                path: format!(
+                    "/v1/schedules/{id}/bins?{}&start={}&end={}",
+                    q.params,
+                    q.first_start,
+                    q.first_start + n as i64 * q.width
+                ),
+                params: q.params.clone(),
+                format: q.format,
+                key: q.key.clone(),
+                first_start: q.first_start,
+                width: q.width,
+                n,
+            };
+            assert_eq!(
+                check_query(&app, &part, &f, &blocks).await,
+                "hit",
+                "{}",
+                part.path
+            );
         }
     }
     assert!(

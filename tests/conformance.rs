@@ -128,6 +128,22 @@ async fn story(backend: Backend) {
     );
     app.wait_job(re["job_id"].as_i64().unwrap()).await;
     app.wait_job(nd_up["job_id"].as_i64().unwrap()).await;
+
+    // The API describes itself, every route included.
+    let spec = app.get("/openapi.json").await.json();
+    for path in [
+        "/v1/schedules",
+        "/v1/schedules/{id}",
+        "/v1/schedules/{id}/blocks",
+        "/v1/schedules/{id}/bins",
+        "/v1/schedules/{id}/visibility-histogram",
+        "/v1/jobs/{id}",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(spec["paths"][path].is_object(), "openapi.json lacks {path}");
+    }
     app.stop().await;
 }
 
