@@ -4,23 +4,13 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use visbin::engine::{count_bins, BlockTable, Filter, Grid, PeriodColumns};
-use visbin::gen::{blocks, GenConfig, GenFormat};
+use visbin::gen::{blocks, GenConfig};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn reference() -> (BlockTable, PeriodColumns) {
-    let config = GenConfig {
-        blocks: 1_500,
-        periods: 50,
-        days: 365,
-        start: "2025-01-01T00:00:00Z".into(),
-        seed: 1,
-        format: GenFormat::Json,
-        name: None,
-        output: None,
-        with_schedule_period: false,
-    };
+    let config = GenConfig::new(1_500, 50, 1);
     let unix = |mjd: f64| ((mjd - 40_587.0) * 86_400.0).round() as i64;
     let mut table = BlockTable::new();
     let mut rows = Vec::new();

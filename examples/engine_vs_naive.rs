@@ -13,7 +13,7 @@ use std::time::Instant;
 use visbin::engine::{
     count_bins, BinCounts, BinRange, BlockTable, Filter, Grid, PeriodColumns, Quartile,
 };
-use visbin::gen::{blocks, GenConfig, GenFormat};
+use visbin::gen::{blocks, GenConfig};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -26,17 +26,7 @@ struct Block {
 
 /// Generates `n` blocks × ~`per` periods over 365 days (the `visbin gen` data).
 fn schedule(n: usize, per: usize, seed: u64) -> Vec<Block> {
-    let config = GenConfig {
-        blocks: n,
-        periods: per,
-        days: 365,
-        start: "2025-01-01T00:00:00Z".into(),
-        seed,
-        format: GenFormat::Json,
-        name: None,
-        output: None,
-        with_schedule_period: false,
-    };
+    let config = GenConfig::new(n, per, seed);
     let start_mjd = 1_735_689_600.0 / 86_400.0 + 40_587.0;
     let unix = |mjd: f64| ((mjd - 40_587.0) * 86_400.0).round() as i64;
     blocks(&config, start_mjd)

@@ -51,6 +51,24 @@ pub struct GenConfig {
     pub with_schedule_period: bool,
 }
 
+impl GenConfig {
+    /// `blocks` blocks with ~`periods` periods each over 2025 (365 days),
+    /// as JSON; adjust other fields with struct update syntax.
+    pub fn new(blocks: usize, periods: usize, seed: u64) -> GenConfig {
+        GenConfig {
+            blocks,
+            periods,
+            days: 365,
+            start: "2025-01-01T00:00:00Z".into(),
+            seed,
+            format: GenFormat::Json,
+            name: None,
+            output: None,
+            with_schedule_period: false,
+        }
+    }
+}
+
 /// One generated block.
 #[derive(Debug, Clone)]
 pub struct GenBlock {

@@ -299,15 +299,8 @@ async fn count_extents(db: &TestDb, id: i64) -> i64 {
 /// A generated schedule uploaded as NDJSON; returns its id once its job is done.
 async fn upload_generated(app: &TestApp, blocks: usize, periods: usize, seed: u64) -> i64 {
     let config = visbin::gen::GenConfig {
-        blocks,
-        periods,
-        days: 365,
-        start: "2025-01-01T00:00:00Z".into(),
-        seed,
         format: visbin::gen::GenFormat::Ndjson,
-        name: None,
-        output: None,
-        with_schedule_period: false,
+        ..visbin::gen::GenConfig::new(blocks, periods, seed)
     };
     let mut body = Vec::new();
     visbin::gen::write(&config, &mut body).unwrap();

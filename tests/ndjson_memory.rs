@@ -73,15 +73,8 @@ async fn a_two_million_period_ndjson_upload_streams_in_bounded_memory() {
     assert!(ready, "the server never became ready");
 
     let config = visbin::gen::GenConfig {
-        blocks: 45_000,
-        periods: 50,
-        days: 365,
-        start: "2025-01-01T00:00:00Z".into(),
-        seed: 42,
         format: visbin::gen::GenFormat::Ndjson,
-        name: None,
-        output: None,
-        with_schedule_period: false,
+        ..visbin::gen::GenConfig::new(45_000, 50, 42)
     };
     let mut body = Vec::new();
     visbin::gen::write(&config, &mut body).unwrap();
