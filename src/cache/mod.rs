@@ -134,7 +134,9 @@ struct Filled {
     timing: Timing,
 }
 
-type FlightKey = (Arc<str>, i64, i64, i64);
+/// Identical misses: same key, same version, same gaps to fill (the gaps,
+/// not just the window, since tiers may change between two requests).
+type FlightKey = (Arc<str>, i64, Vec<(i64, i64)>);
 
 /// Blocks of a schedule as of `block_count` (blocks are append-only).
 struct BlocksAt {
@@ -251,8 +253,11 @@ impl BinService {
         let pieces = if gaps.is_empty() {
             pieces
         } else {
-            let flight_key: FlightKey =
-                (key.text.clone(), head.version, req.bins.first, req.bins.end);
+            let flight_key: FlightKey = (
+                key.text.clone(),
+                head.version,
+                gaps.iter().map(|g| (g.first, g.end)).collect(),
+            );
             let this = Arc::clone(self);
             let (head2, key2, log2, req2) = (head.clone(), key.clone(), log.clone(), req.clone());
             let span = tracing::info_span!("cache", gaps = gaps.len());
@@ -279,7 +284,9 @@ impl BinService {
             all.extend(filled.extents.iter().cloned());
             let (pieces, missing) = cover(req.bins, &all);
             if !missing.is_empty() {
-                return Err(ServiceError::Internal("cache fill left gaps".into()));
+                // A memory extent used for planning was evicted meanwhile:
+                // plan again (bins() retries).
+                return Err(ServiceError::Busy);
             }
             pieces
         };

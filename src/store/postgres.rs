@@ -533,16 +533,18 @@ impl Store for PgStore {
     }
 
     async fn write_extent(&self, x: &ExtentRow) -> StoreResult<()> {
+        // Replace the runs this extent contains, unless they are newer.
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "DELETE FROM bin_extents WHERE schedule_id = $1 AND key_hash = $2 AND cache_key = $3 \
-             AND first_bin >= $4 AND end_bin <= $5",
+             AND first_bin >= $4 AND end_bin <= $5 AND version <= $6",
         )
         .bind(x.schedule_id)
         .bind(x.key_hash)
         .bind(&x.key)
         .bind(x.first_bin)
         .bind(x.end_bin)
+        .bind(x.version)
         .execute(&mut *tx)
         .await?;
         // Skip the write when the schedule was deleted meanwhile.

@@ -508,16 +508,18 @@ impl Store for SqliteStore {
     }
 
     async fn write_extent(&self, x: &ExtentRow) -> StoreResult<()> {
+        // Replace the runs this extent contains, unless they are newer.
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "DELETE FROM bin_extents WHERE schedule_id = ? AND key_hash = ? AND cache_key = ? \
-             AND first_bin >= ? AND end_bin <= ?",
+             AND first_bin >= ? AND end_bin <= ? AND version <= ?",
         )
         .bind(x.schedule_id)
         .bind(x.key_hash)
         .bind(&x.key)
         .bind(x.first_bin)
         .bind(x.end_bin)
+        .bind(x.version)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
