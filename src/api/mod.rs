@@ -16,7 +16,7 @@ use crate::store::Store;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpMessage, HttpResponse};
+use actix_web::{web, HttpResponse};
 use error::ApiError;
 use futures_util::future::LocalBoxFuture;
 use std::sync::Arc;
@@ -168,7 +168,6 @@ where
             )
         })
     });
-    req.extensions_mut().insert(RequestId(request_id.clone()));
     let fut = if let Some(err) = denied {
         let resp = req.into_response(actix_web::ResponseError::error_response(&err));
         Box::pin(async move { Ok(resp.map_into_right_body()) }) as LocalBoxFuture<'static, _>
@@ -203,10 +202,6 @@ where
         .instrument(span),
     )
 }
-
-/// The request id of the current request (also in the `X-Request-Id` header).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))

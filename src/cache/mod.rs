@@ -139,9 +139,16 @@ struct Filled {
 type FlightKey = (Arc<str>, i64, Vec<(i64, i64)>);
 
 /// Blocks of a schedule as of `block_count` (blocks are append-only).
-struct BlocksAt {
+pub struct BlocksAt {
     block_count: i64,
     blocks: BlockTable,
+}
+
+impl BlocksAt {
+    /// The blocks.
+    pub fn blocks(&self) -> &BlockTable {
+        &self.blocks
+    }
 }
 
 /// The range-query service shared by all requests of one app.
@@ -477,12 +484,7 @@ impl BinService {
     }
 
     /// The schedule's blocks at `head` (cached; reloaded when blocks were appended).
-    pub async fn blocks_for(&self, head: &ScheduleRow) -> Result<Arc<BlockTableAt>, ServiceError> {
-        let b = self.blocks_at(head).await?;
-        Ok(Arc::new(BlockTableAt(b)))
-    }
-
-    async fn blocks_at(&self, head: &ScheduleRow) -> Result<Arc<BlocksAt>, ServiceError> {
+    pub async fn blocks_at(&self, head: &ScheduleRow) -> Result<Arc<BlocksAt>, ServiceError> {
         if let Some(b) = self.blocks.get(&head.id).await {
             if b.block_count == head.block_count {
                 return Ok(b);
@@ -584,15 +586,5 @@ impl BinService {
                 (s, (s + d).min(end), counts.columns[0][i as usize])
             })
             .collect())
-    }
-}
-
-/// A schedule's block table as the service holds it.
-pub struct BlockTableAt(Arc<BlocksAt>);
-
-impl BlockTableAt {
-    /// The blocks.
-    pub fn blocks(&self) -> &BlockTable {
-        &self.0.blocks
     }
 }

@@ -88,7 +88,7 @@ impl Jobs {
             .job_progress(job.id, 0.0, "loading blocks")
             .await?;
         let computed = async {
-            let blocks = self.service.blocks_for(&head).await?;
+            let blocks = self.service.blocks_at(&head).await?;
             let counts = self.range_bins(&job, &head).await?;
             anyhow::Ok(summarize(blocks.blocks(), counts.as_ref()))
         }

@@ -339,6 +339,8 @@ pub struct Answer {
     pub counts: Vec<[u32; 7]>,
 }
 
+/// The bin field names as DESIGN §5 spells them, written out here rather
+/// than taken from the engine so that a renamed field fails the tests.
 const FIELDS: [&str; 7] = [
     "visible_count",
     "priority_q1_count",
