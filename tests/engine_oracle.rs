@@ -218,14 +218,14 @@ fn all_equal_priorities_put_every_block_in_q2() {
     );
 }
 
-#[test]
-fn parallel_split_equals_serial_windows_on_a_large_schedule() {
-    // Enough candidate periods to take the multi-threaded path.
+/// A schedule of `blocks` × 4 random periods over ~35 days: enough
+/// candidate periods to take the multi-threaded path.
+fn large_schedule(blocks: u32) -> (BlockTable, PeriodColumns) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut t = BlockTable::new();
     let mut rows = Vec::new();
-    for b in 0..70_000u32 {
+    for b in 0..blocks {
         t.push(
             &format!("b{b}"),
             rng.gen_range(0.0..10.0),
@@ -237,7 +237,13 @@ fn parallel_split_equals_serial_windows_on_a_large_schedule() {
             rows.push((b, s, s + rng.gen_range(1..30_000)));
         }
     }
-    let p = PeriodColumns::from_unsorted(rows);
+    (t, PeriodColumns::from_unsorted(rows))
+}
+
+/// The whole window (split across threads) equals the same bins counted
+/// as many small windows (each on one thread).
+fn assert_parallel_split_equals_serial_windows(blocks: u32) {
+    let (t, p) = large_schedule(blocks);
     let cats = t.categories(&Filter::default());
     let grid = Grid::new(3600, 0);
     let all = grid.cover(0, 3_100_000);
@@ -248,5 +254,51 @@ fn parallel_split_equals_serial_windows_on_a_large_schedule() {
         let part = count_bins(&p, p.max_len(), &cats, &grid, BinRange { first, end }, None);
         assert_eq!(part, whole.slice(BinRange { first, end }));
         first = end;
+    }
+}
+
+#[test]
+fn parallel_split_equals_serial_windows_with_narrow_counters() {
+    // Fewer than 65,535 blocks: 16-bit difference cells.
+    assert_parallel_split_equals_serial_windows(20_000);
+}
+
+#[test]
+fn parallel_split_equals_serial_windows_with_wide_counters() {
+    // More than 65,535 blocks: 32-bit difference cells.
+    assert_parallel_split_equals_serial_windows(70_000);
+}
+
+#[test]
+fn windows_wider_than_2_pow_31_seconds_equal_the_oracle() {
+    // Bins of ~95 years make the window span exceed 2^31 s, which takes
+    // the general 64-bit division instead of the short multiply-shift.
+    let w = 3_000_000_000i64;
+    let blocks = [
+        one(1.0, false, &[(-5, 5), (w - 1, w + 1)]),
+        one(2.0, true, &[(w, 2 * w), (2 * w + 10, 2 * w + 20)]),
+        one(3.0, false, &[(2 * w - 1, 3 * w + 1)]),
+    ];
+    let (t, p) = table(&blocks);
+    let grid = Grid::new(w, 0);
+    let bins = grid.cover(-w, 4 * w);
+    let got = count_bins(
+        &p,
+        p.max_len(),
+        &t.categories(&Filter::default()),
+        &grid,
+        bins,
+        None,
+    );
+    for j in 0..bins.len() {
+        let k = bins.first + j as i64;
+        let want = oracle_bin(
+            &blocks,
+            &Filter::default(),
+            grid.bin_start(k),
+            grid.bin_start(k + 1),
+        );
+        let have: Vec<u32> = got.columns.iter().map(|c| c[j]).collect();
+        assert_eq!(&have[..], &want[..], "bin {k}");
     }
 }

@@ -3,7 +3,6 @@
 use super::blocks::Categories;
 use super::grid::{BinRange, Grid};
 use super::periods::PeriodColumns;
-use rayon::prelude::*;
 
 /// One of the seven per-bin counters, in response order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +41,7 @@ impl BinCounts {
     pub fn zeros(range: BinRange) -> BinCounts {
         BinCounts {
             range,
-            columns: std::array::from_fn(|_| vec![0; range.len()]),
+            columns: std::array::from_fn(|_| zeroed(range.len())),
         }
     }
 
@@ -88,8 +87,21 @@ impl BinCounts {
     }
 }
 
+/// `n` zeros, by malloc + memset rather than calloc: calloc of a large
+/// block hands out fresh pages that fault in on first write, which cost
+/// more than the counting.
+#[allow(clippy::slow_vector_initialization)]
+fn zeroed(n: usize) -> Vec<u32> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0);
+    v
+}
+
 /// Below this many candidate periods one thread is faster than splitting.
 const PARALLEL_MIN_PERIODS: usize = 40_000;
+
+/// The seven counter columns of a run of bins, borrowed for writing.
+type ColumnsMut<'a> = [&'a mut [u32]; 7];
 
 /// Counts, for every bin of `bins`, the distinct blocks whose periods
 /// strictly overlap it, split into the seven counters.
@@ -106,37 +118,60 @@ pub fn count_bins(
     bins: BinRange,
     clip_end: Option<i64>,
 ) -> BinCounts {
+    let mut out = BinCounts::zeros(bins);
     if bins.is_empty() {
-        return BinCounts::zeros(bins);
+        return out;
     }
     let from = grid.bin_start(bins.first);
     let to = grid.bin_start(bins.end).min(clip_end.unwrap_or(i64::MAX));
     let candidates = periods.candidates(max_len, from, to).len();
     let threads = rayon::current_num_threads();
-    if candidates < PARALLEL_MIN_PERIODS || threads < 2 || bins.len() < 2 * threads {
-        return count_serial(periods, max_len, cats, grid, bins, clip_end);
+    let tasks = if candidates < PARALLEL_MIN_PERIODS || bins.len() < 2 * threads {
+        1
+    } else {
+        threads
+    };
+    // One sub-window of bins per task, each writing its own slice of the
+    // output: each task sees every period meeting its bins, so per-block
+    // de-duplication stays exact.
+    let chunk = bins.len().div_ceil(tasks);
+    let mut parts = Vec::with_capacity(tasks);
+    let mut rest: ColumnsMut<'_> = out.columns.each_mut().map(|c| c.as_mut_slice());
+    let mut first = bins.first;
+    while first < bins.end {
+        let len = chunk.min((bins.end - first) as usize);
+        let (head, tail) = split_columns(rest, len);
+        let end = first + len as i64;
+        parts.push((BinRange { first, end }, head));
+        (rest, first) = (tail, end);
     }
-    // One sub-window of bins per task: each task sees every period meeting
-    // its bins, so per-block de-duplication stays exact.
-    let chunk = bins.len().div_ceil(threads) as i64;
-    let parts: Vec<BinCounts> = (0..threads as i64)
-        .into_par_iter()
-        .filter_map(|t| {
-            let first = bins.first + t * chunk;
-            let end = (first + chunk).min(bins.end);
-            (first < end).then(|| {
-                count_serial(
-                    periods,
-                    max_len,
-                    cats,
-                    grid,
-                    BinRange { first, end },
-                    clip_end,
-                )
-            })
-        })
-        .collect();
-    BinCounts::concat(&parts)
+    let count = |(range, cols): (BinRange, ColumnsMut<'_>)| {
+        count_serial(periods, max_len, cats, grid, range, clip_end, cols)
+    };
+    let mut parts = parts.into_iter();
+    let own = parts.next().expect("a non-empty window has a part");
+    if parts.len() == 0 {
+        count(own);
+    } else {
+        // The calling thread counts the first part itself: it is awake
+        // already, while pool threads may first have to be woken.
+        rayon::in_place_scope(|scope| {
+            for part in parts {
+                scope.spawn(move |_| count(part));
+            }
+            count(own);
+        });
+    }
+    out
+}
+
+/// Splits every column at `at`.
+fn split_columns(cols: ColumnsMut<'_>, at: usize) -> (ColumnsMut<'_>, ColumnsMut<'_>) {
+    let [a, b, c, d, e, f, g] = cols.map(|col| col.split_at_mut(at));
+    (
+        [a.0, b.0, c.0, d.0, e.0, f.0, g.0],
+        [a.1, b.1, c.1, d.1, e.1, f.1, g.1],
+    )
 }
 
 fn count_serial(
@@ -146,16 +181,22 @@ fn count_serial(
     grid: &Grid,
     bins: BinRange,
     clip_end: Option<i64>,
-) -> BinCounts {
+    out: ColumnsMut<'_>,
+) {
     // Narrow counters halve the difference arrays' memory traffic; they are
     // exact while no counter can reach 65,536 (wrapping arithmetic cancels
     // out in the prefix sums).
     if cats.included() < u16::MAX as usize {
-        count_with::<u16>(periods, max_len, cats, grid, bins, clip_end)
+        count_with::<u16>(periods, max_len, cats, grid, bins, clip_end, out)
     } else {
-        count_with::<u32>(periods, max_len, cats, grid, bins, clip_end)
+        count_with::<u32>(periods, max_len, cats, grid, bins, clip_end, out)
     }
 }
+
+/// Difference-array lanes per bin, one per counting category (quartile in
+/// bits 0–1, scheduled in bit 2): a period changes a single lane where it
+/// starts and one where it stops, and the seven counters are lane sums.
+const LANES: usize = 8;
 
 /// A counter cell of the difference arrays.
 trait Cell: Copy + Default + 'static {
@@ -163,12 +204,12 @@ trait Cell: Copy + Default + 'static {
     fn with_scratch<R>(
         diff_len: usize,
         blocks: usize,
-        f: impl FnOnce(&mut [[Self; SLOTS]], &mut [u32]) -> R,
+        f: impl FnOnce(&mut [[Self; LANES]], &mut [u32]) -> R,
     ) -> R;
-    /// Adds 0 or 1 (wrapping).
-    fn plus(&mut self, bit: u8);
-    /// Subtracts 0 or 1 (wrapping).
-    fn minus(&mut self, bit: u8);
+    /// Adds 1 (wrapping).
+    fn incr(&mut self);
+    /// Subtracts 1 (wrapping).
+    fn decr(&mut self);
     /// Wrapping sum (the prefix pass).
     fn add(self, other: Self) -> Self;
     /// The counter value.
@@ -181,17 +222,17 @@ macro_rules! cell {
             fn with_scratch<R>(
                 d: usize,
                 b: usize,
-                f: impl FnOnce(&mut [[$t; SLOTS]], &mut [u32]) -> R,
+                f: impl FnOnce(&mut [[$t; LANES]], &mut [u32]) -> R,
             ) -> R {
                 with_scratch(&$scratch, d, b, f)
             }
             #[inline]
-            fn plus(&mut self, bit: u8) {
-                *self = self.wrapping_add(<$t>::from(bit));
+            fn incr(&mut self) {
+                *self = self.wrapping_add(1);
             }
             #[inline]
-            fn minus(&mut self, bit: u8) {
-                *self = self.wrapping_sub(<$t>::from(bit));
+            fn decr(&mut self) {
+                *self = self.wrapping_sub(1);
             }
             #[inline]
             fn add(self, other: Self) -> Self {
@@ -208,10 +249,6 @@ macro_rules! cell {
 cell!(u16, SCRATCH16);
 cell!(u32, SCRATCH32);
 
-/// Difference-array slots per bin: the four quartiles, then "scheduled".
-/// Visible is their quartile sum and unscheduled = visible − scheduled.
-const SLOTS: usize = 5;
-
 fn count_with<T: Cell>(
     periods: &PeriodColumns,
     max_len: i64,
@@ -219,22 +256,22 @@ fn count_with<T: Cell>(
     grid: &Grid,
     bins: BinRange,
     clip_end: Option<i64>,
-) -> BinCounts {
+    out: ColumnsMut<'_>,
+) {
     let n = bins.len();
     let from = grid.bin_start(bins.first);
     let to = grid.bin_start(bins.end).min(clip_end.unwrap_or(i64::MAX));
     let range = periods.candidates(max_len, from, to);
-    let cats = &cats.0;
-    T::with_scratch(n + 1, cats.len(), |diff, covered| {
-        fill_diff(periods, range, cats, grid, bins, from, diff, covered);
-        prefix(bins, diff)
+    T::with_scratch(n + 1, cats.0.len(), |diff, covered| {
+        fill(periods, range, &cats.0, grid, from, n, diff, covered);
+        prefix(diff, out);
     })
 }
 
-/// Per-thread scratch buffers, reused across calls: fresh megabyte-sized
-/// allocations would be page-faulted in on every request.
+/// Per-thread scratch buffers, reused across calls: fresh allocations
+/// would be page-faulted in on every request.
 struct Scratch<T> {
-    diff: Vec<[T; SLOTS]>,
+    diff: Vec<[T; LANES]>,
     covered: Vec<u32>,
 }
 
@@ -249,42 +286,107 @@ fn with_scratch<T: Copy + Default, R>(
     key: &'static std::thread::LocalKey<std::cell::RefCell<Scratch<T>>>,
     diff_len: usize,
     blocks: usize,
-    f: impl FnOnce(&mut [[T; SLOTS]], &mut [u32]) -> R,
+    f: impl FnOnce(&mut [[T; LANES]], &mut [u32]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut s) => {
             let s = &mut *s;
             s.diff.clear();
-            s.diff.resize(diff_len, [T::default(); SLOTS]);
+            s.diff.resize(diff_len, [T::default(); LANES]);
             s.covered.clear();
             s.covered.resize(blocks, 0);
             f(&mut s.diff, &mut s.covered)
         }
         // Re-entered on this thread (cannot happen today): use fresh buffers.
         Err(_) => f(
-            &mut vec![[T::default(); SLOTS]; diff_len],
+            &mut vec![[T::default(); LANES]; diff_len],
             &mut vec![0; blocks],
         ),
     })
 }
 
-/// Adds every candidate period's not-yet-counted bins to the difference arrays.
+/// Adds every candidate period's not-yet-counted bins to the difference
+/// arrays.
 #[allow(clippy::too_many_arguments)]
-fn fill_diff<T: Cell>(
+fn fill<T: Cell>(
     periods: &PeriodColumns,
     range: std::ops::Range<usize>,
     cats: &[u8],
     grid: &Grid,
-    bins: BinRange,
     from: i64,
-    diff: &mut [[T; SLOTS]],
+    n: usize,
+    diff: &mut [[T; LANES]],
     covered: &mut [u32],
 ) {
-    let n = bins.len() as u64;
-    // Times relative to the window start are non-negative for every counted
-    // period, so bin indices are unsigned divisions by the width, done as
-    // a multiply and shift (strength reduction) instead of a hardware divide.
-    let width = strength_reduce::StrengthReducedU64::new(grid.width() as u64);
+    // Window offsets are clamped to `span`, so a divisor exact up to
+    // `span` suffices.
+    let width = grid.width() as u64;
+    let span = (n as u64).saturating_mul(width);
+    match ShortDivisor::new(width, span) {
+        Some(d) => fill_with(periods, range, cats, from, (n, span), d, diff, covered),
+        None => {
+            let d = strength_reduce::StrengthReducedU64::new(width);
+            fill_with(periods, range, cats, from, (n, span), d, diff, covered)
+        }
+    }
+}
+
+/// Unsigned division by the bin width.
+trait Divisor: Copy {
+    fn div(self, x: u64) -> u64;
+}
+
+impl Divisor for strength_reduce::StrengthReducedU64 {
+    #[inline]
+    fn div(self, x: u64) -> u64 {
+        x / self
+    }
+}
+
+/// Exact division by `d` of every `x < 2^31` as one 64-bit multiply and a
+/// shift: with `l = ⌈log2 d⌉`, `m = ⌈2^(31+l) / d⌉` and `x < 2^31`, the
+/// error of `x·m / 2^(31+l)` is below `1/d`, so its floor is `⌊x/d⌋`, and
+/// `x·m < 2^64`.
+#[derive(Clone, Copy)]
+struct ShortDivisor {
+    multiplier: u64,
+    shift: u32,
+}
+
+impl ShortDivisor {
+    /// A divisor by `d` for numerators up to `max`, if `max < 2^31`.
+    fn new(d: u64, max: u64) -> Option<ShortDivisor> {
+        if max >= 1 << 31 || d == 0 || d >= 1 << 31 {
+            return None;
+        }
+        let shift = 31 + (64 - (d - 1).leading_zeros());
+        let multiplier = (1u128 << shift).div_ceil(u128::from(d));
+        Some(ShortDivisor {
+            multiplier: u64::try_from(multiplier).ok()?,
+            shift,
+        })
+    }
+}
+
+impl Divisor for ShortDivisor {
+    #[inline]
+    fn div(self, x: u64) -> u64 {
+        (x * self.multiplier) >> self.shift
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fill_with<T: Cell, D: Divisor>(
+    periods: &PeriodColumns,
+    range: std::ops::Range<usize>,
+    cats: &[u8],
+    from: i64,
+    (n, span): (usize, u64),
+    width: D,
+    diff: &mut [[T; LANES]],
+    covered: &mut [u32],
+) {
+    let n = n as u64;
     let starts = &periods.starts[range.clone()];
     let ends = &periods.ends[range.clone()];
     let blocks = &periods.blocks[range];
@@ -293,40 +395,28 @@ fn fill_diff<T: Cell>(
         if cat == Categories::EXCLUDED || e <= from {
             continue;
         }
-        let a = if s <= from {
-            0
-        } else {
-            (s - from) as u64 / width
-        };
-        let z = ((e - 1 - from) as u64 / width + 1).min(n);
+        // Offsets into the window, clamped to it: a period starting before
+        // the window counts from bin 0, one ending after it up to bin n.
+        let a = width.div(((s - from).max(0) as u64).min(span));
+        let z = (width.div(((e - 1 - from) as u64).min(span)) + 1).min(n);
+        // A block counts once per bin: skip the bins its earlier periods
+        // (which started no later than this one) already cover.
         let seen = &mut covered[b as usize];
         let a = a.max(u64::from(*seen));
         if a >= z {
             continue;
         }
         *seen = z as u32;
-        let (q, sched) = ((cat & 3) as usize, cat >> 2);
-        let (a, z) = (a as usize, z as usize);
-        diff[a][q].plus(1);
-        diff[z][q].minus(1);
-        // Branch-free: the scheduled flag is 0 or 1.
-        diff[a][4].plus(sched);
-        diff[z][4].minus(sched);
+        let cat = usize::from(cat);
+        diff[a as usize][cat].incr();
+        diff[z as usize][cat].decr();
     }
 }
 
 /// One prefix pass over the difference arrays producing all seven counters.
-fn prefix<T: Cell>(bins: BinRange, diff: &[[T; SLOTS]]) -> BinCounts {
-    let n = bins.len();
-    // malloc + memset, not calloc: calloc of a large block hands out fresh
-    // pages that fault in on first write, which cost more than the counting.
-    #[allow(clippy::slow_vector_initialization)]
-    let mut columns: [Vec<u32>; 7] = std::array::from_fn(|_| {
-        let mut v = Vec::with_capacity(n);
-        v.resize(n, 0);
-        v
-    });
-    let [visible, q1, q2, q3, q4, sched, unsched] = &mut columns;
+fn prefix<T: Cell>(diff: &[[T; LANES]], out: ColumnsMut<'_>) {
+    let [visible, q1, q2, q3, q4, sched, unsched] = out;
+    let n = visible.len();
     let (visible, q1, q2, q3, q4, sched, unsched) = (
         &mut visible[..n],
         &mut q1[..n],
@@ -336,29 +426,49 @@ fn prefix<T: Cell>(bins: BinRange, diff: &[[T; SLOTS]]) -> BinCounts {
         &mut sched[..n],
         &mut unsched[..n],
     );
-    let mut acc = [T::default(); SLOTS];
+    let mut acc = [T::default(); LANES];
     for (j, d) in diff[..n].iter().enumerate() {
-        for k in 0..SLOTS {
-            acc[k] = acc[k].add(d[k]);
+        for (acc, d) in acc.iter_mut().zip(d) {
+            *acc = acc.add(*d);
         }
-        let (a, b, c, dd, s) = (
-            acc[0].get(),
-            acc[1].get(),
-            acc[2].get(),
-            acc[3].get(),
-            acc[4].get(),
-        );
-        let v = a + b + c + dd;
-        visible[j] = v;
-        q1[j] = a;
-        q2[j] = b;
-        q3[j] = c;
-        q4[j] = dd;
-        sched[j] = s;
-        unsched[j] = v - s;
+        let l = acc.map(T::get);
+        let unscheduled = l[0] + l[1] + l[2] + l[3];
+        let scheduled = l[4] + l[5] + l[6] + l[7];
+        visible[j] = unscheduled + scheduled;
+        q1[j] = l[0] + l[4];
+        q2[j] = l[1] + l[5];
+        q3[j] = l[2] + l[6];
+        q4[j] = l[3] + l[7];
+        sched[j] = scheduled;
+        unsched[j] = unscheduled;
     }
-    BinCounts {
-        range: bins,
-        columns,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Divisor, ShortDivisor};
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn short_divisor_is_exact_below_2_pow_31() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        let max = (1u64 << 31) - 1;
+        let mut widths = vec![1, 2, 3, 7, 60, 900, 3600, 86_400, 604_800, 1 << 30, max];
+        widths.extend((0..200).map(|_| rng.gen_range(1..=max)));
+        for d in widths {
+            let div = ShortDivisor::new(d, max).expect("fits");
+            let mut xs = vec![0, 1, d - 1, d, d + 1, max - 1, max];
+            xs.extend((0..2_000).map(|_| rng.gen_range(0..=max)));
+            xs.retain(|&x| x <= max);
+            for x in xs {
+                assert_eq!(div.div(x), x / d, "{x} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_divisor_refuses_numerators_from_2_pow_31() {
+        assert!(ShortDivisor::new(900, 1 << 31).is_none());
+        assert!(ShortDivisor::new(900, (1 << 31) - 1).is_some());
     }
 }
