@@ -29,7 +29,6 @@ fn reference() -> (BlockTable, PeriodColumns) {
 fn windows(c: &mut Criterion) {
     let (table, periods) = reference();
     let cats = table.categories(&Filter::default());
-    let max_len = periods.max_len();
     let grid = Grid::new(900, 0);
     let year = 1_735_689_600;
     let mid = year + 180 * 86_400;
@@ -41,7 +40,7 @@ fn windows(c: &mut Criterion) {
     ] {
         let bins = grid.cover(from, to);
         group.bench_with_input(BenchmarkId::from_parameter(name), &bins, |b, &bins| {
-            b.iter(|| count_bins(&periods, max_len, &cats, &grid, bins, None))
+            b.iter(|| count_bins(&[&periods], &cats, &grid, bins, None))
         });
     }
     group.finish();

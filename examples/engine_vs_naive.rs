@@ -143,7 +143,6 @@ fn workload(
         rows.extend(b.periods.iter().map(|&(s, e)| (i as u32, s, e)));
     }
     let periods = PeriodColumns::from_unsorted(rows);
-    let max_len = periods.max_len();
     let cats = table.categories(&Filter::default());
     let grid = Grid::new(width, 0);
     let bins = grid.cover(from, to);
@@ -158,7 +157,7 @@ fn workload(
             // The previous answer is freed outside the timer, as (a)'s is.
             drop(ours.take());
             visbin_times.push(ms(|| {
-                ours = Some(count_bins(&periods, max_len, &cats, &grid, bins, None))
+                ours = Some(count_bins(&[&periods], &cats, &grid, bins, None))
             }));
         }
         assert_eq!(naive, ours, "{name}: engine and HashSet baseline disagree");

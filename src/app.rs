@@ -1,17 +1,22 @@
 //! Building and running the server: the one function the binary and the
 //! tests share. It takes its listener (port 0 in tests) from the caller.
 
-use crate::api::{self, AppState, Limits};
-use crate::cache::BinService;
+use crate::api::{self, AppState};
 use crate::config::ServeConfig;
+use crate::ingest::{IngestLimits, IngestService};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
+use crate::query::{QueryBudgets, QueryLimits, QueryService};
 use crate::store::{self, Store};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::Arc;
+
+/// Budget of the block tables the read path keeps (identity, priority and
+/// flag per block, ~64 bytes each: a million blocks).
+const BLOCK_TABLE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A built, not yet running, server.
 pub struct Application {
@@ -35,18 +40,36 @@ impl Application {
         listener: TcpListener,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Application> {
+        let moved = crate::periods::legacy::move_legacy_periods(store.as_ref())
+            .await
+            .context("Failed to move periods to packed chunks")?;
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "moved schedules from one row per period to packed chunks"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
-        // The budget is shared: 7/8 for computed bins, 1/8 for serialized responses.
+        // VISBIN_CACHE_BYTES is shared: 7/8 for computed bins, 1/8 for
+        // serialized answers.
         let response_bytes = config.cache_bytes / 8;
-        let service = BinService::new(
+        let query = QueryService::new(
             store.clone(),
             metrics.clone(),
-            config.cache_bytes - response_bytes,
-            config.cache_write_queue,
+            QueryLimits {
+                max_bins: config.max_bins,
+            },
+            QueryBudgets {
+                extent_bytes: config.cache_bytes - response_bytes,
+                response_bytes,
+                period_bytes: config.period_cache_bytes,
+                block_bytes: BLOCK_TABLE_BYTES,
+                write_queue: config.cache_write_queue,
+            },
         );
         let jobs = Jobs::new(
             store.clone(),
-            service.clone(),
+            query.clone(),
             metrics.clone(),
             config.job_concurrency,
             tokio::runtime::Handle::current(),
@@ -58,23 +81,20 @@ impl Application {
                 "re-created summary jobs for schedules without a summary"
             );
         }
-        let state = web::Data::new(AppState {
-            heads: crate::cache::HeadReader::new(store.clone()),
-            responses: moka::sync::Cache::builder()
-                .max_capacity(response_bytes)
-                .weigher(|k: &Arc<str>, v: &bytes::Bytes| {
-                    (k.len() + v.len()).min(u32::MAX as usize) as u32
-                })
-                .build(),
-            store,
-            service,
+        let ingest = IngestService::new(
+            store.clone(),
             jobs,
-            metrics,
-            limits: Limits {
-                max_bins: config.max_bins,
+            metrics.clone(),
+            IngestLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_line_bytes: config.max_line_bytes,
             },
+        );
+        let state = web::Data::new(AppState {
+            store,
+            query,
+            ingest,
+            metrics,
             api_token: config.api_token.clone().filter(|t| !t.is_empty()),
         });
         let port = listener

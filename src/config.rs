@@ -55,9 +55,16 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
-    /// Byte budget of the in-memory bin cache (tier 1).
+    /// Byte budget of the in-memory bin cache: 7/8 for computed bins (tier
+    /// 1), 1/8 for serialized answers.
     #[arg(long, env = "VISBIN_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub cache_bytes: u64,
+
+    /// Byte budget of the resident period tier: decoded periods of recently
+    /// used schedules (20 bytes a period), least recently used out first.
+    /// A schedule larger than all of it is served from window reads.
+    #[arg(long, env = "VISBIN_PERIOD_CACHE_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub period_cache_bytes: u64,
 
     /// Most bins one range query may ask for; more is refused with a width
     /// that fits.

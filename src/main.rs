@@ -25,8 +25,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate(db) => {
             visbin::telemetry::init(LogFormat::Pretty);
-            visbin::store::connect(&db.url(), 1).await?;
+            let store = visbin::store::connect(&db.url(), 1).await?;
+            let moved = visbin::periods::legacy::move_legacy_periods(store.as_ref())
+                .await
+                .context("Failed to move periods to packed chunks")?;
             println!("migrations applied to {}", redact(&db.url()));
+            if moved > 0 {
+                println!("{moved} schedules moved to packed period chunks");
+            }
         }
         Command::Gen(config) => visbin::gen::run(&config)?,
     }

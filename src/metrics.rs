@@ -39,7 +39,8 @@ pub struct Metrics {
     pub store_duration: HistogramVec,
     /// Bins returned to clients by where they came from.
     pub bins_served: IntCounterVec,
-    /// Cache lookups by tier (memory, store) and outcome (hit, partial, miss).
+    /// Cache lookups by tier (response, memory, store) and outcome (hit,
+    /// partial, miss).
     pub cache_lookups: IntCounterVec,
     /// Weighted size of the memory tier in bytes.
     pub cache_bytes: IntGauge,
@@ -47,6 +48,24 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     /// Byte budget of the memory tier.
     pub cache_capacity: IntGauge,
+    /// Bytes of serialized answers held by the response cache.
+    pub response_bytes: IntGauge,
+    /// Bytes of decoded periods held by the resident period tier.
+    pub period_bytes: IntGauge,
+    /// Byte budget of the resident period tier.
+    pub period_capacity: IntGauge,
+    /// Resident-tier lookups by outcome: hit (current copy held), stale (a
+    /// copy behind the version: extended), miss (loaded), bypass (larger
+    /// than the budget: window reads).
+    pub period_lookups: IntCounterVec,
+    /// Period loads by kind: full (every chunk of a schedule), delta (the
+    /// chunks of the versions after the resident copy), window (the chunks
+    /// of one window, for schedules too large to hold).
+    pub period_loads: IntCounterVec,
+    /// Period load latency (read and decode) by kind.
+    pub period_load_duration: HistogramVec,
+    /// Compactions of version groups by tier (memory, store).
+    pub compactions: IntCounterVec,
     /// Writes to the persisted tier by outcome.
     pub store_writes: IntCounterVec,
     /// Writes to the persisted tier dropped because the queue was full.
@@ -163,7 +182,7 @@ impl Metrics {
             ),
             cache_lookups: counter(
                 "visbin_cache_lookups_total",
-                "Cache lookups by tier (memory, store) and outcome (hit, partial, miss).",
+                "Cache lookups by tier (response, memory, store) and outcome (hit, partial, miss).",
                 &["tier", "outcome"],
             ),
             cache_bytes: gauge(
@@ -177,6 +196,39 @@ impl Metrics {
             cache_capacity: gauge(
                 "visbin_cache_memory_capacity_bytes",
                 "Byte budget of the in-memory bin cache.",
+            ),
+            response_bytes: gauge(
+                "visbin_cache_response_bytes",
+                "Bytes of serialized answers held by the response cache.",
+            ),
+            period_bytes: gauge(
+                "visbin_period_cache_bytes",
+                "Bytes of decoded periods held by the resident period tier.",
+            ),
+            period_capacity: gauge(
+                "visbin_period_cache_capacity_bytes",
+                "Byte budget of the resident period tier (VISBIN_PERIOD_CACHE_BYTES).",
+            ),
+            period_lookups: counter(
+                "visbin_period_cache_lookups_total",
+                "Resident period tier lookups by outcome (hit, stale, miss, bypass).",
+                &["outcome"],
+            ),
+            period_loads: counter(
+                "visbin_period_loads_total",
+                "Period loads from the store by kind (full, delta, window).",
+                &["kind"],
+            ),
+            period_load_duration: hist(
+                "visbin_period_load_duration_seconds",
+                "Period load latency (read and decode) by kind (full, delta, window).",
+                &["kind"],
+                latency_buckets(),
+            ),
+            compactions: counter(
+                "visbin_period_compactions_total",
+                "Compactions of period version groups by tier (memory, store).",
+                &["tier"],
             ),
             store_writes: counter(
                 "visbin_cache_store_writes_total",
@@ -221,10 +273,19 @@ impl Metrics {
         for s in ["memory", "store", "computed"] {
             self.bins_served.with_label_values(&[s]);
         }
-        for t in ["memory", "store"] {
+        for t in ["response", "memory", "store"] {
             for o in ["hit", "partial", "miss"] {
                 self.cache_lookups.with_label_values(&[t, o]);
             }
+        }
+        for o in ["hit", "stale", "miss", "bypass"] {
+            self.period_lookups.with_label_values(&[o]);
+        }
+        for k in ["full", "delta", "window"] {
+            self.period_loads.with_label_values(&[k]);
+        }
+        for t in ["memory", "store"] {
+            self.compactions.with_label_values(&[t]);
         }
         for o in ["written", "failed"] {
             self.store_writes.with_label_values(&[o]);

@@ -465,7 +465,7 @@ async fn the_memory_tier_stays_within_its_byte_budget() {
             .await;
         assert_eq!(r.status, 200);
     }
-    let memory = app.app_state.service.memory();
+    let memory = app.app_state.query.memory();
     let size = memory.weighted_size().await;
     assert!(size <= budget, "weighted size {size} exceeds {budget}");
     assert!(size > budget / 4, "the tier holds data ({size} bytes)");

@@ -103,7 +103,7 @@ proptest! {
         let (t, p) = table(&blocks);
         let grid = Grid::new(width, origin);
         let bins = grid.cover(start, start + len);
-        let got = count_bins(&p, p.max_len(), &t.categories(&f), &grid, bins, None);
+        let got = count_bins(&[&p], &t.categories(&f), &grid, bins, None);
         prop_assert_eq!(got.range, bins);
         for j in 0..bins.len() {
             let k = bins.first + j as i64;
@@ -111,6 +111,38 @@ proptest! {
             let have: Vec<u32> = got.columns.iter().map(|c| c[j]).collect();
             prop_assert_eq!(&have[..], &want[..], "bin {} of {:?}", k, bins);
         }
+    }
+
+    #[test]
+    fn block_disjoint_segments_count_like_one(
+        (blocks, f) in prop::collection::vec(block_strategy(), 1..10)
+            .prop_flat_map(|b| { let n = b.len(); (Just(b), filter_strategy(n)) }),
+        cuts in prop::collection::vec(any::<bool>(), 10),
+        width in prop::sample::select(vec![1i64, 7, 60, 500]),
+        start in -150i64..150,
+        len in 1i64..200,
+    ) {
+        // Blocks split into consecutive groups, as the versions of a
+        // schedule split them: each group's periods form one segment.
+        let (t, whole) = table(&blocks);
+        let mut segments: Vec<Vec<(u32, i64, i64)>> = vec![Vec::new()];
+        for (i, b) in blocks.iter().enumerate() {
+            if i > 0 && cuts[i] {
+                segments.push(Vec::new());
+            }
+            let seg = segments.last_mut().unwrap();
+            seg.extend(b.periods.iter().map(|&(s, e)| (i as u32, s, e)));
+        }
+        let segments: Vec<PeriodColumns> = segments.into_iter().map(PeriodColumns::from_unsorted).collect();
+        let refs: Vec<&PeriodColumns> = segments.iter().collect();
+        let grid = Grid::new(width, 0);
+        let bins = grid.cover(start, start + len);
+        let cats = t.categories(&f);
+        prop_assert_eq!(count_bins(&refs, &cats, &grid, bins, None), count_bins(&[&whole], &cats, &grid, bins, None));
+        // Merged back into one segment (the resident tier's compaction).
+        let merged = PeriodColumns::merge(&refs);
+        prop_assert_eq!(merged.len(), whole.len());
+        prop_assert_eq!(count_bins(&[&merged], &cats, &grid, bins, None), count_bins(&[&whole], &cats, &grid, bins, None));
     }
 
     #[test]
@@ -126,7 +158,7 @@ proptest! {
         let n = (span + d - 1) / d;
         let first = grid.bin_of(s);
         let bins = BinRange { first, end: first + n };
-        let got = count_bins(&p, p.max_len(), &t.categories(&Filter::default()), &grid, bins, Some(e));
+        let got = count_bins(&[&p], &t.categories(&Filter::default()), &grid, bins, Some(e));
         for i in 0..n {
             let bs = s + i * d;
             let be = (bs + d).min(e);
@@ -148,8 +180,7 @@ fn visible(blocks: &[B], width: i64, start: i64, end: i64) -> Vec<u32> {
     let (t, p) = table(blocks);
     let grid = Grid::new(width, 0);
     count_bins(
-        &p,
-        p.max_len(),
+        &[&p],
         &t.categories(&Filter::default()),
         &grid,
         grid.cover(start, end),
@@ -200,8 +231,7 @@ fn all_equal_priorities_put_every_block_in_q2() {
     let (t, p) = table(&blocks);
     let grid = Grid::new(60, 0);
     let c = count_bins(
-        &p,
-        p.max_len(),
+        &[&p],
         &t.categories(&Filter::default()),
         &grid,
         grid.cover(0, 60),
@@ -247,11 +277,11 @@ fn assert_parallel_split_equals_serial_windows(blocks: u32) {
     let cats = t.categories(&Filter::default());
     let grid = Grid::new(3600, 0);
     let all = grid.cover(0, 3_100_000);
-    let whole = count_bins(&p, p.max_len(), &cats, &grid, all, None);
+    let whole = count_bins(&[&p], &cats, &grid, all, None);
     let mut first = all.first;
     while first < all.end {
         let end = (first + 17).min(all.end);
-        let part = count_bins(&p, p.max_len(), &cats, &grid, BinRange { first, end }, None);
+        let part = count_bins(&[&p], &cats, &grid, BinRange { first, end }, None);
         assert_eq!(part, whole.slice(BinRange { first, end }));
         first = end;
     }
@@ -282,14 +312,7 @@ fn windows_wider_than_2_pow_31_seconds_equal_the_oracle() {
     let (t, p) = table(&blocks);
     let grid = Grid::new(w, 0);
     let bins = grid.cover(-w, 4 * w);
-    let got = count_bins(
-        &p,
-        p.max_len(),
-        &t.categories(&Filter::default()),
-        &grid,
-        bins,
-        None,
-    );
+    let got = count_bins(&[&p], &t.categories(&Filter::default()), &grid, bins, None);
     for j in 0..bins.len() {
         let k = bins.first + j as i64;
         let want = oracle_bin(

@@ -46,6 +46,11 @@ async fn a_two_million_period_ndjson_upload_streams_in_bounded_memory() {
                 &format!("127.0.0.1:{port}"),
                 "--database-url",
                 &db.url,
+                // The bound is about the upload: keep the summary job that
+                // follows it from loading the schedule into the resident
+                // period tier (a separate, configured budget) meanwhile.
+                "--period-cache-bytes",
+                "1048576",
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -2,8 +2,9 @@
 //! `application/problem+json` body with a `detail` that says what to do.
 //! Clients get an opaque 500 for internal failures; the log gets the cause.
 
-use crate::cache::ServiceError;
+use crate::ingest::IngestError;
 use crate::model::InvalidUpload;
+use crate::query::QueryError;
 use crate::store::StoreError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -104,48 +105,74 @@ impl From<InvalidUpload> for ApiError {
     }
 }
 
-fn is_connectivity(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
-}
-
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::NotFound => ApiError::not_found("no such schedule"),
-            StoreError::IdentityExists(id) => ApiError::new(
-                StatusCode::CONFLICT,
-                "identity_exists",
-                format!(
-                    "block identity \"{id}\" already exists in this schedule; nothing of this \
-                     append was stored — append only new identities"
-                ),
-            ),
-            StoreError::Database(ref db) if is_connectivity(db) => ApiError::unavailable(e.into()),
+            StoreError::IdentityExists(id) => identity_exists(&id),
+            StoreError::Unavailable(_) => ApiError::unavailable(e.into()),
             e => ApiError::internal(e.into()),
         }
     }
 }
 
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> ApiError {
+fn identity_exists(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "identity_exists",
+        format!(
+            "block identity \"{id}\" already exists in this schedule; nothing of this \
+             append was stored — append only new identities"
+        ),
+    )
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
         match e {
-            ServiceError::NotFound => ApiError::not_found("no such schedule"),
-            ServiceError::Busy => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            QueryError::NotFound(id) => {
+                ApiError::not_found(format!("schedule {id} does not exist"))
             }
-            ServiceError::Store(s) => match &*s {
-                StoreError::Database(db) if is_connectivity(db) => {
-                    ApiError::unavailable(anyhow::anyhow!("{s}"))
-                }
+            QueryError::Invalid { code, detail } => ApiError::bad_request(code, detail),
+            QueryError::Store(s) => match &*s {
+                StoreError::Unavailable(_) => ApiError::unavailable(anyhow::anyhow!("{s}")),
                 _ => ApiError::internal(anyhow::anyhow!("{s}")),
             },
-            ServiceError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
+            QueryError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> ApiError {
+        match e {
+            IngestError::Invalid(e) => e.into(),
+            IngestError::TooLarge { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than the limit of {limit} bytes \
+                     (VISBIN_MAX_BODY_BYTES); split it into an upload and appends, or raise the \
+                     limit; nothing was stored"
+                ),
+            ),
+            IngestError::LineTooLong { limit } => ApiError::bad_request(
+                "invalid_upload",
+                format!(
+                    "an NDJSON line is longer than {limit} bytes (VISBIN_MAX_LINE_BYTES); put one \
+                     block per line; nothing was stored"
+                ),
+            ),
+            IngestError::Unreadable(m) => ApiError::bad_request(
+                "invalid_upload",
+                format!("the request body could not be read ({m}); nothing was stored"),
+            ),
+            IngestError::NotFound(id) => {
+                ApiError::not_found(format!("schedule {id} does not exist"))
+            }
+            IngestError::IdentityExists(id) => identity_exists(&id),
+            IngestError::Store(s) => s.into(),
+            IngestError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
         }
     }
 }

@@ -1,17 +1,16 @@
 //! HTTP: routes, the request middleware (request id, tracing span, metrics,
 //! write authorization), health and metrics endpoints. Only this module
-//! knows actix; handlers parse, delegate to `cache`/`store`, and format.
+//! knows actix; handlers parse, delegate to `query` (reads), `ingest`
+//! (uploads, appends) or `store` (plain rows), and format.
 
 mod bins;
-mod body;
 pub mod error;
-mod format;
 mod params;
 mod schedules;
 
-use crate::cache::BinService;
-use crate::jobs::Jobs;
+use crate::ingest::IngestService;
 use crate::metrics::Metrics;
+use crate::query::QueryService;
 use crate::store::Store;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
@@ -26,25 +25,14 @@ use tracing::Instrument;
 /// The OpenAPI 3 description of the API, served as is.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Configured limits on requests.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_bins: u64,
-    pub max_body_bytes: u64,
-    pub max_line_bytes: u64,
-}
-
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    /// Coalesced schedule-row reads for the range-query path.
-    pub heads: Arc<crate::cache::HeadReader>,
-    /// Serialized range-query responses by (version, request), bounded in bytes.
-    pub responses: moka::sync::Cache<Arc<str>, bytes::Bytes>,
-    pub service: Arc<BinService>,
-    pub jobs: Arc<Jobs>,
+    /// The read path: range queries, histograms.
+    pub query: Arc<QueryService>,
+    /// Uploads and appends.
+    pub ingest: Arc<IngestService>,
     pub metrics: Arc<Metrics>,
-    pub limits: Limits,
     pub api_token: Option<String>,
 }
 
@@ -231,9 +219,12 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.pool_connections
         .with_label_values(&["active"])
         .set(i64::from(active));
-    let memory = state.service.memory();
+    let memory = state.query.memory();
     m.cache_bytes.set(memory.weighted_size().await as i64);
     m.cache_entries.set(memory.entry_count() as i64);
+    m.period_bytes
+        .set(state.query.periods().weighted_size() as i64);
+    m.response_bytes.set(state.query.response_bytes() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.render())

@@ -134,26 +134,3 @@ impl Params {
         })
     }
 }
-
-/// Output formats of the range query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Format {
-    Json,
-    Columnar,
-    Csv,
-}
-
-impl Format {
-    /// Parses `format` (default `json`).
-    pub fn parse(p: &Params) -> Result<Format, ApiError> {
-        match p.get("format") {
-            None | Some("json") => Ok(Format::Json),
-            Some("columnar") => Ok(Format::Columnar),
-            Some("csv") => Ok(Format::Csv),
-            Some(v) => Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("`format` = `{v}` must be json, columnar or csv"),
-            )),
-        }
-    }
-}

@@ -2,7 +2,7 @@
 //! quartiles of DESIGN §4 and the filters that select blocks.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Priority quartile of a block, relative to the whole schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +34,15 @@ impl Quartile {
 }
 
 /// The blocks of one schedule, indexed by their position (block index).
+/// Identities are shared strings, so extending a copy of a large table by
+/// an append's few blocks does not copy every identity.
 #[derive(Debug, Default, Clone)]
 pub struct BlockTable {
-    identities: Vec<Box<str>>,
+    identities: Vec<Arc<str>>,
     priorities: Vec<f64>,
     scheduled: Vec<bool>,
     period_counts: Vec<u32>,
-    by_identity: OnceLock<HashMap<Box<str>, u32>>,
+    by_identity: OnceLock<HashMap<Arc<str>, u32>>,
 }
 
 impl BlockTable {
@@ -85,9 +87,7 @@ impl BlockTable {
 
     /// Lowest and highest priority over all blocks; `None` without blocks.
     pub fn priority_range(&self) -> Option<(f64, f64)> {
-        let mut it = self.priorities.iter().copied();
-        let first = it.next()?;
-        Some(it.fold((first, first), |(lo, hi), p| (lo.min(p), hi.max(p))))
+        priority_range(&self.priorities)
     }
 
     fn index_of(&self, identity: &str) -> Option<u32> {
@@ -106,10 +106,18 @@ impl BlockTable {
     /// The counting category of every block under `filter`: quartile in
     /// bits 0–1, scheduled in bit 2, or [`Categories::EXCLUDED`].
     pub fn categories(&self, filter: &Filter) -> Categories {
-        let Some((lo, hi)) = self.priority_range() else {
+        self.categories_of_first(self.len(), filter)
+    }
+
+    /// [`BlockTable::categories`] of the schedule made of the first `n`
+    /// blocks (an earlier version: blocks are only ever appended), with
+    /// quartiles over those blocks' priorities.
+    pub fn categories_of_first(&self, n: usize, filter: &Filter) -> Categories {
+        let n = n.min(self.len());
+        let Some((lo, hi)) = priority_range(&self.priorities[..n]) else {
             return Categories(Vec::new());
         };
-        let mut cats: Vec<u8> = (0..self.len())
+        let mut cats: Vec<u8> = (0..n)
             .map(|i| {
                 let p = self.priorities[i];
                 if filter.priority_min.is_some_and(|min| p < min)
@@ -125,7 +133,7 @@ impl BlockTable {
         if let Some(ids) = &filter.block_ids {
             let mut keep = vec![false; cats.len()];
             for id in ids {
-                if let Some(i) = self.index_of(id) {
+                if let Some(i) = self.index_of(id).filter(|&i| (i as usize) < n) {
                     keep[i as usize] = true;
                 }
             }
@@ -137,6 +145,12 @@ impl BlockTable {
         }
         Categories(cats)
     }
+}
+
+fn priority_range(priorities: &[f64]) -> Option<(f64, f64)> {
+    let mut it = priorities.iter().copied();
+    let first = it.next()?;
+    Some(it.fold((first, first), |(lo, hi), p| (lo.min(p), hi.max(p))))
 }
 
 /// Block selection of a query; all conditions combine with AND.
@@ -220,5 +234,20 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(t.categories(&f).included(), 1);
+    }
+
+    #[test]
+    fn categories_of_an_earlier_version_use_its_own_priority_range() {
+        let mut t = BlockTable::new();
+        t.push("a", 0.0, false, 1);
+        t.push("b", 4.0, false, 1);
+        t.push("c", 100.0, true, 1);
+        assert_eq!(t.categories_of_first(2, &Filter::default()).0, vec![0, 3]);
+        let only_c = Filter {
+            block_ids: Some(["c".to_string()].into()),
+            ..Filter::default()
+        };
+        assert_eq!(t.categories_of_first(2, &only_c).included(), 0);
+        assert_eq!(t.categories(&only_c).included(), 1);
     }
 }

@@ -106,13 +106,14 @@ type ColumnsMut<'a> = [&'a mut [u32]; 7];
 /// Counts, for every bin of `bins`, the distinct blocks whose periods
 /// strictly overlap it, split into the seven counters.
 ///
-/// `periods` must be sorted by start and `max_len` must be at least the
-/// longest period. With `clip_end`, periods starting at or after it are
-/// ignored: that is how the clipped last bin of the TSI histogram counts
-/// only overlap before the range end.
+/// `segments` are start-sorted period columns whose blocks are disjoint
+/// (each version of a schedule adds periods of new blocks only, so a
+/// schedule's segments are): their counts add up, and one pass over each
+/// into the same difference arrays counts them all. With `clip_end`,
+/// periods starting at or after it are ignored: that is how the clipped
+/// last bin of the TSI histogram counts only overlap before the range end.
 pub fn count_bins(
-    periods: &PeriodColumns,
-    max_len: i64,
+    segments: &[&PeriodColumns],
     cats: &Categories,
     grid: &Grid,
     bins: BinRange,
@@ -124,7 +125,7 @@ pub fn count_bins(
     }
     let from = grid.bin_start(bins.first);
     let to = grid.bin_start(bins.end).min(clip_end.unwrap_or(i64::MAX));
-    let candidates = periods.candidates(max_len, from, to).len();
+    let candidates: usize = segments.iter().map(|p| p.candidates(from, to).len()).sum();
     let threads = rayon::current_num_threads();
     let tasks = if candidates < PARALLEL_MIN_PERIODS || bins.len() < 2 * threads {
         1
@@ -146,7 +147,7 @@ pub fn count_bins(
         (rest, first) = (tail, end);
     }
     let count = |(range, cols): (BinRange, ColumnsMut<'_>)| {
-        count_serial(periods, max_len, cats, grid, range, clip_end, cols)
+        count_serial(segments, cats, grid, range, clip_end, cols)
     };
     let mut parts = parts.into_iter();
     let own = parts.next().expect("a non-empty window has a part");
@@ -175,8 +176,7 @@ fn split_columns(cols: ColumnsMut<'_>, at: usize) -> (ColumnsMut<'_>, ColumnsMut
 }
 
 fn count_serial(
-    periods: &PeriodColumns,
-    max_len: i64,
+    segments: &[&PeriodColumns],
     cats: &Categories,
     grid: &Grid,
     bins: BinRange,
@@ -187,9 +187,9 @@ fn count_serial(
     // exact while no counter can reach 65,536 (wrapping arithmetic cancels
     // out in the prefix sums).
     if cats.included() < u16::MAX as usize {
-        count_with::<u16>(periods, max_len, cats, grid, bins, clip_end, out)
+        count_with::<u16>(segments, cats, grid, bins, clip_end, out)
     } else {
-        count_with::<u32>(periods, max_len, cats, grid, bins, clip_end, out)
+        count_with::<u32>(segments, cats, grid, bins, clip_end, out)
     }
 }
 
@@ -250,8 +250,7 @@ cell!(u16, SCRATCH16);
 cell!(u32, SCRATCH32);
 
 fn count_with<T: Cell>(
-    periods: &PeriodColumns,
-    max_len: i64,
+    segments: &[&PeriodColumns],
     cats: &Categories,
     grid: &Grid,
     bins: BinRange,
@@ -261,9 +260,12 @@ fn count_with<T: Cell>(
     let n = bins.len();
     let from = grid.bin_start(bins.first);
     let to = grid.bin_start(bins.end).min(clip_end.unwrap_or(i64::MAX));
-    let range = periods.candidates(max_len, from, to);
     T::with_scratch(n + 1, cats.0.len(), |diff, covered| {
-        fill(periods, range, &cats.0, grid, from, n, diff, covered);
+        // The segments' blocks are disjoint, so they share `covered`.
+        for periods in segments {
+            let range = periods.candidates(from, to);
+            fill(periods, range, &cats.0, grid, from, n, diff, covered);
+        }
         prefix(diff, out);
     })
 }

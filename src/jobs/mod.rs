@@ -1,11 +1,11 @@
 //! Background summary jobs (DESIGN §7): after an upload or append is
-//! durable, a tokio task computes the schedule summary through the bin
-//! service — which also warms both cache tiers with the whole range at
-//! 900 s — reporting progress as it goes.
+//! durable, a tokio task computes the schedule summary through the query
+//! service — which also warms both extent tiers with the whole range at
+//! 900 s and loads the schedule's periods — reporting progress as it goes.
 
-use crate::cache::{BinRequest, BinService};
-use crate::engine::{summarize, BinCounts, BinRange, Filter, Grid, SUMMARY_BIN_SECONDS};
+use crate::engine::{BinCounts, BinRange, Grid, SUMMARY_BIN_SECONDS};
 use crate::metrics::Metrics;
+use crate::query::QueryService;
 use crate::store::{JobRow, ScheduleRow, Store};
 use anyhow::Context;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ const STEPS: i64 = 10;
 /// Runs summary jobs on the main runtime, a few at a time.
 pub struct Jobs {
     store: Arc<dyn Store>,
-    service: Arc<BinService>,
+    query: Arc<QueryService>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
@@ -27,14 +27,14 @@ impl Jobs {
     /// A runner allowing `concurrency` jobs at once, spawning on `runtime`.
     pub fn new(
         store: Arc<dyn Store>,
-        service: Arc<BinService>,
+        query: Arc<QueryService>,
         metrics: Arc<Metrics>,
         concurrency: usize,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
             store,
-            service,
+            query,
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             runtime,
@@ -85,43 +85,36 @@ impl Jobs {
             return Ok(self.store.job_done(&job, "null").await?);
         }
         self.store
-            .job_progress(job.id, 0.0, "loading blocks")
+            .job_progress(job.id, 0.0, "loading periods")
             .await?;
-        let computed = async {
-            let blocks = self.service.blocks_at(&head).await?;
-            let counts = self.range_bins(&job, &head).await?;
-            anyhow::Ok(summarize(blocks.blocks(), counts.as_ref()))
-        }
-        .await;
-        let summary = match computed {
-            Ok(s) => s,
-            Err(e) => {
-                // An append while the job ran supersedes it: the newer job
-                // writes the summary, so this one ends without one.
-                let now = self.store.schedule(job.schedule_id).await?;
-                if now.is_some_and(|s| s.version != job.schedule_version) {
-                    return Ok(self.store.job_done(&job, "null").await?);
-                }
-                return Err(e);
-            }
+        let head = Arc::new(head);
+        let summary = match self.range_bins(&job, &head).await? {
+            Some(counts) => self.query.summary(&head, counts.as_ref()).await?,
+            None => None,
         };
-        let json = serde_json::to_string(&summary).context("Failed to encode the summary")?;
+        // `None`: an append while the job ran supersedes it; the newer job
+        // writes the summary, so this one ends without one.
+        let json = match summary {
+            Some(s) => serde_json::to_string(&s).context("Failed to encode the summary")?,
+            None => "null".into(),
+        };
         self.store.job_done(&job, &json).await?;
         Ok(())
     }
 
-    /// The default range query's bins (`bin=900`, `origin=0`, the range),
-    /// computed step by step; `None` without a range.
+    /// The default range query's bins (`bin=900`, `origin=0`, the range) at
+    /// the job's version, computed step by step: `Some(None)` without a
+    /// range, `None` when the schedule moved past the job's version.
     async fn range_bins(
         &self,
         job: &JobRow,
-        head: &ScheduleRow,
-    ) -> anyhow::Result<Option<BinCounts>> {
+        head: &Arc<ScheduleRow>,
+    ) -> anyhow::Result<Option<Option<BinCounts>>> {
         let (Some(s), Some(e)) = (head.range_start, head.range_end) else {
-            return Ok(None);
+            return Ok(Some(None));
         };
         if s >= e {
-            return Ok(None);
+            return Ok(Some(None));
         }
         let grid = Grid::new(SUMMARY_BIN_SECONDS, 0);
         let all = grid.cover(s, e);
@@ -129,12 +122,14 @@ impl Jobs {
         let mut first = all.first;
         while first < all.end {
             let end = (first + step).min(all.end);
-            let req = BinRequest {
-                grid,
-                bins: BinRange { first, end },
-                filter: Filter::default(),
-            };
-            self.service.bins(head, &req).await?;
+            if self
+                .query
+                .summary_bins(head, BinRange { first, end })
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
             let done = (end - all.first) as f64 / all.len() as f64;
             self.store
                 .job_progress(
@@ -145,13 +140,7 @@ impl Jobs {
                 .await?;
             first = end;
         }
-        let req = BinRequest {
-            grid,
-            bins: all,
-            filter: Filter::default(),
-        };
-        let answer = self.service.bins(head, &req).await?;
-        Ok(Some(answer.counts))
+        Ok(self.query.summary_bins(head, all).await?.map(Some))
     }
 
     /// On start: re-creates jobs for schedules whose summary is missing.

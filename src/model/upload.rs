@@ -567,14 +567,37 @@ pub fn parse_block_line(
     Ok((b, dropped))
 }
 
-/// Tracks identities seen so far in a stream, to refuse duplicates.
+/// Tracks identities seen so far in a stream, to refuse duplicates. It
+/// keeps a hash and a block index per identity rather than another copy of
+/// the string: the caller holds the identities and resolves the rare hash
+/// match. Identities whose hash collides with a different one are kept
+/// whole in a side set, so a collision can never pass for a duplicate.
 #[derive(Debug, Default)]
-pub struct IdentitySet(HashSet<Box<str>>);
+pub struct IdentitySet {
+    hasher: std::collections::hash_map::RandomState,
+    by_hash: HashMap<u64, u32>,
+    collided: HashSet<Box<str>>,
+}
 
 impl IdentitySet {
-    /// Records `id`; false when it was already there.
-    pub fn insert(&mut self, id: &str) -> bool {
-        self.0.insert(id.into())
+    /// Records identity `id` of block `index`; false when an earlier block
+    /// had it. `identity_of` gives the identity of an earlier block.
+    pub fn insert<'a>(
+        &mut self,
+        id: &str,
+        index: u32,
+        identity_of: impl Fn(u32) -> &'a str,
+    ) -> bool {
+        use std::collections::hash_map::Entry;
+        use std::hash::BuildHasher;
+        match self.by_hash.entry(self.hasher.hash_one(id)) {
+            Entry::Vacant(v) => {
+                v.insert(index);
+                true
+            }
+            Entry::Occupied(o) if identity_of(*o.get()) == id => false,
+            Entry::Occupied(_) => self.collided.insert(id.into()),
+        }
     }
 }
 

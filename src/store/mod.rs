@@ -1,20 +1,29 @@
-//! Persistence: the [`Store`] trait and its two dialects. Only this module
-//! speaks SQL. Postgres is the production and scale-out store; SQLite is the
-//! embedded default. Queries are built at run time because compile-time
-//! checks would cover one dialect only.
+//! Persistence: the [`Store`] trait, its rows, and its two dialects. Only
+//! this module speaks SQL. Postgres is the production and scale-out store;
+//! SQLite is the embedded default.
+//!
+//! - `sql.rs`: everything both dialects share — row mapping, schedules,
+//!   blocks, period chunks, changes, extents, jobs, the legacy move — as one
+//!   implementation generic over the dialect. Statements use `$n`
+//!   placeholders, which both databases accept.
+//! - `postgres.rs`, `sqlite.rs`: what truly differs — pools, snapshots,
+//!   bulk writes (`COPY` vs batched `INSERT`), locking.
+//!
+//! Queries are built at run time because compile-time checks would cover
+//! one dialect only.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
-use crate::engine::{BlockTable, PeriodColumns};
-use crate::model::{Block, Header};
+use crate::model::{BlockMeta, Header, PackedChunk, UploadStats};
 use async_trait::async_trait;
 use std::sync::Arc;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// Errors of the storage layer.
+/// Errors of the storage layer, classified for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The schedule (or job) does not exist.
@@ -23,22 +32,67 @@ pub enum StoreError {
     /// An appended block repeats an identity the schedule already has.
     #[error("block identity \"{0}\" already exists in this schedule")]
     IdentityExists(String),
-    /// The database could not be reached or failed.
+    /// The database cannot be reached right now (connection refused or
+    /// lost, pool exhausted, server shutting down, database locked): the
+    /// same request may succeed shortly.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database answered with an error.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Migrations could not be applied.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The rows to write could not be produced (the packer's spool file
+    /// failed); nothing was written.
+    #[error("{0}")]
+    Feed(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// Errors that say "not now" rather than "never".
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // Connection exceptions (08…), shutdown (57P0x), too many
+                // connections (53300).
+                let code = pg.code();
+                code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+            } else {
+                // SQLite's extended codes of BUSY (5) and LOCKED (6): the
+                // writer was held past the busy timeout.
+                db.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+        }
+        _ => false,
+    }
 }
 
 /// Result of storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A schedule as stored (everything but its blocks and periods).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ScheduleRow {
     pub id: i64,
     pub name: String,
@@ -81,16 +135,19 @@ impl ScheduleRow {
 /// One recorded change of an append: the bins meeting `[start, end)` of
 /// every grid changed at `version`; `all` means every bin did (the
 /// priority range changed, so quartiles moved).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChangeRow {
     pub version: i64,
+    #[sqlx(rename = "span_start")]
     pub start: i64,
+    #[sqlx(rename = "span_end")]
     pub end: i64,
+    #[sqlx(rename = "all_bins")]
     pub all: bool,
 }
 
 /// A background job as stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JobRow {
     pub id: i64,
     pub kind: String,
@@ -106,11 +163,12 @@ pub struct JobRow {
 }
 
 /// A persisted cache extent (tier 2): a contiguous run of bins of one key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ExtentRow {
     pub schedule_id: i64,
     pub key_hash: i64,
     /// The full cache key (without version), compared on read.
+    #[sqlx(rename = "cache_key")]
     pub key: String,
     pub version: i64,
     pub first_bin: i64,
@@ -119,49 +177,97 @@ pub struct ExtentRow {
     pub payload: Vec<u8>,
 }
 
-/// What an upload's commit should record besides its rows.
+/// The versions a row of packed periods holds: `first..=last`. A schedule's
+/// chunk rows form version *groups* — the periods of one version, or of
+/// several consecutive versions once compacted — whose ranges are disjoint
+/// and together cover every version that added periods. Appends add blocks
+/// only, so the groups' blocks are disjoint too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionGroup {
+    pub first: i64,
+    pub last: i64,
+}
+
+/// One stored chunk row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRow {
+    pub group: VersionGroup,
+    /// Block indices in the payload are relative to this.
+    pub block_base: i64,
+    pub chunk: PackedChunk,
+}
+
+/// Which chunk rows a period read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkSelect {
+    /// Every row (a full load).
+    All,
+    /// Rows of groups ending after this version (the versions appended
+    /// since a load).
+    After(i64),
+    /// Rows that can hold periods meeting `[from, to)`.
+    Window { from: i64, to: i64 },
+}
+
+/// Chunk rows read in one snapshot together with the schedule's row: the
+/// rows are exactly those of `head.version`.
 #[derive(Debug, Clone)]
-pub struct UploadTotals {
+pub struct ChunkSnapshot {
+    pub head: ScheduleRow,
+    pub rows: Vec<ChunkRow>,
+}
+
+/// A chunk group as stored: its versions, block base and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: VersionGroup,
+    pub block_base: i64,
+    pub rows: i64,
+    pub periods: i64,
+}
+
+/// Chunks to write, arriving in chunk order as they are packed (a bounded
+/// channel fed from the blocking pool, so a large upload is never held
+/// packed in memory all at once); an `Err` aborts the write.
+pub type ChunkFeed = tokio::sync::mpsc::Receiver<Result<PackedChunk, String>>;
+
+/// A new schedule, parsed and packed, ready to be written in one go.
+#[derive(Debug)]
+pub struct NewSchedule {
     pub header: Header,
     pub checksum: String,
-    pub blocks_digest: String,
-    pub stats: crate::model::UploadStats,
+    pub stats: UploadStats,
+    pub blocks: Vec<BlockMeta>,
+    /// Blocks relative to block 0.
+    pub chunks: ChunkFeed,
 }
 
-/// What an append's commit should record.
-#[derive(Debug, Clone)]
-pub struct AppendTotals {
-    pub checksum: String,
-    pub blocks_digest: String,
-    pub stats: crate::model::UploadStats,
+/// Blocks to append, parsed and packed. `stats.digest` is the digest of
+/// these blocks alone; the store combines it with the schedule's.
+#[derive(Debug)]
+pub struct NewBlocks {
+    pub stats: UploadStats,
     /// Merged spans of the appended periods.
     pub changed_spans: Vec<(i64, i64)>,
+    pub blocks: Vec<BlockMeta>,
+    /// Blocks relative to the first appended block.
+    pub chunks: ChunkFeed,
 }
 
-/// How an upload or append ended.
+/// How an upload ended.
 #[derive(Debug, Clone)]
-pub enum Committed {
-    /// A new schedule (or the appended one) and its new summary job.
-    Stored { schedule: ScheduleRow, job_id: i64 },
+pub enum Inserted {
+    /// A new schedule and its summary job.
+    Created { schedule: ScheduleRow, job_id: i64 },
     /// Same content as an existing schedule; nothing was stored.
     Duplicate(ScheduleRow),
 }
 
-/// An open upload or append transaction. Dropping it without `commit`
-/// rolls everything back, so a refused, cancelled or disconnected upload
-/// leaves nothing behind.
-#[async_trait]
-pub trait Ingest: Send {
-    /// Writes the next blocks (their indices follow the ones written so far).
-    async fn add_blocks(&mut self, blocks: &[Block]) -> StoreResult<()>;
-    /// Finishes an upload: refuses duplicates, records totals, creates the
-    /// summary job, commits.
-    async fn commit_upload(self: Box<Self>, totals: UploadTotals) -> StoreResult<Committed>;
-    /// Finishes an append: bumps the version, records changed spans,
-    /// updates totals, creates the summary job, commits.
-    async fn commit_append(self: Box<Self>, totals: AppendTotals) -> StoreResult<Committed>;
-    /// The schedule as it was when the transaction locked it (appends only).
-    fn schedule(&self) -> Option<&ScheduleRow>;
+/// A stored append: the schedule as it is now and its new summary job.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub schedule: ScheduleRow,
+    pub job_id: i64,
 }
 
 /// Everything visbin persists.
@@ -174,12 +280,17 @@ pub trait Store: Send + Sync {
     /// Pool connections as (idle, active).
     fn pool_connections(&self) -> (u32, u32);
 
-    /// Opens an upload of a new schedule.
-    async fn begin_upload(&self) -> StoreResult<Box<dyn Ingest>>;
-    /// Opens an append to schedule `id`, locking it against other appends.
-    async fn begin_append(&self, id: i64) -> StoreResult<Box<dyn Ingest>>;
     /// The schedule with this checksum, if any.
     async fn find_by_checksum(&self, checksum: &str) -> StoreResult<Option<ScheduleRow>>;
+    /// Writes a new schedule, its blocks, its chunks and its summary job in
+    /// one transaction — unless a schedule with the same checksum exists
+    /// (concurrent identical uploads are serialised: exactly one creates).
+    async fn insert_schedule(&self, new: NewSchedule) -> StoreResult<Inserted>;
+    /// Appends blocks to schedule `id` in one transaction: refuses
+    /// identities it has ([`StoreError::IdentityExists`]), writes the blocks
+    /// and their chunks as a new version, records the changed spans,
+    /// updates the totals and creates the summary job.
+    async fn append_blocks(&self, id: i64, new: NewBlocks) -> StoreResult<Appended>;
 
     /// One schedule by id (a primary-key lookup).
     async fn schedule(&self, id: i64) -> StoreResult<Option<ScheduleRow>>;
@@ -189,19 +300,35 @@ pub trait Store: Send + Sync {
         limit: i64,
         before: Option<i64>,
     ) -> StoreResult<Vec<ScheduleRow>>;
-    /// Removes a schedule, its blocks, periods, changes and cached extents.
+    /// Removes a schedule, its blocks, chunks, changes and cached extents.
     async fn delete_schedule(&self, id: i64) -> StoreResult<bool>;
 
-    /// All blocks of a schedule by index.
-    async fn blocks(&self, id: i64) -> StoreResult<BlockTable>;
-    /// The periods that may meet `[from, to)` (start-sorted) together with
-    /// the version they belong to, read in one snapshot.
-    async fn window_periods(
+    /// Blocks of a schedule from index `first` on, by index (blocks are
+    /// append-only: a reader extends what it holds).
+    async fn blocks_from(&self, id: i64, first: i64) -> StoreResult<Vec<BlockMeta>>;
+    /// The schedule's row and its chunk rows chosen by `select`, ordered by
+    /// group then chunk, read in one snapshot; `None` if the schedule does
+    /// not exist.
+    async fn period_chunks(
         &self,
         id: i64,
-        from: i64,
-        to: i64,
-    ) -> StoreResult<(i64, PeriodColumns)>;
+        select: ChunkSelect,
+    ) -> StoreResult<Option<ChunkSnapshot>>;
+    /// The chunk groups of a schedule, oldest first.
+    async fn chunk_groups(&self, id: i64) -> StoreResult<Vec<GroupInfo>>;
+    /// Chunk rows of the groups within `versions` (inclusive), by chunk.
+    async fn group_chunks(&self, id: i64, versions: VersionGroup) -> StoreResult<Vec<ChunkRow>>;
+    /// Compaction: replaces the groups `old` (which must still be stored
+    /// exactly as described) by one group `merged` of `chunks`, in one
+    /// transaction. `false` when they changed meanwhile (nothing written).
+    async fn replace_groups(
+        &self,
+        id: i64,
+        old: &[GroupInfo],
+        merged: VersionGroup,
+        block_base: i64,
+        chunks: &[PackedChunk],
+    ) -> StoreResult<bool>;
     /// Changes recorded after `version`.
     async fn changes_after(&self, id: i64, version: i64) -> StoreResult<Vec<ChangeRow>>;
 
@@ -228,6 +355,23 @@ pub trait Store: Send + Sync {
     /// On start: fails unfinished jobs (they died with their process) and
     /// creates a new job for every schedule whose summary is missing.
     async fn recreate_jobs(&self) -> StoreResult<Vec<JobRow>>;
+
+    /// Schedules whose periods are still in the one-row-per-period layout
+    /// of before packed chunks; `None` once that table is gone.
+    async fn legacy_schedules(&self) -> StoreResult<Option<Vec<i64>>>;
+    /// A legacy schedule's version and periods as `(block, start, end)`.
+    async fn legacy_periods(&self, id: i64) -> StoreResult<Option<(i64, Vec<(i64, i64, i64)>)>>;
+    /// Writes a legacy schedule's periods as one group `1..=version` of
+    /// chunks and deletes its legacy rows, in one transaction; `false` if
+    /// the schedule moved past `version` meanwhile.
+    async fn adopt_legacy(
+        &self,
+        id: i64,
+        version: i64,
+        chunks: &[PackedChunk],
+    ) -> StoreResult<bool>;
+    /// Drops the legacy table once every schedule has moved.
+    async fn drop_legacy(&self) -> StoreResult<()>;
 }
 
 /// Opens the store named by `url` and applies migrations.
@@ -258,6 +402,8 @@ pub fn now_ms() -> i64 {
 #[derive(Debug, Clone)]
 pub(crate) struct AppendUpdate {
     pub version: i64,
+    pub checksum: String,
+    pub blocks_digest: String,
     pub range_start: Option<i64>,
     pub range_end: Option<i64>,
     pub block_count: i64,
@@ -270,7 +416,9 @@ pub(crate) struct AppendUpdate {
     pub all_bins_changed: bool,
 }
 
-pub(crate) fn append_update(old: &ScheduleRow, t: &AppendTotals) -> AppendUpdate {
+/// What appending `stats` to `old` makes of the schedule's row; `None` if
+/// the stored digest cannot be read.
+pub(crate) fn append_update(old: &ScheduleRow, stats: &UploadStats) -> Option<AppendUpdate> {
     fn min_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
         match (a, b) {
             (Some(x), Some(y)) => Some(if y < x { y } else { x }),
@@ -285,26 +433,30 @@ pub(crate) fn append_update(old: &ScheduleRow, t: &AppendTotals) -> AppendUpdate
             (None, y) => y,
         }
     }
+    let mut digest = crate::model::BlockDigest::from_hex(&old.blocks_digest)?;
+    digest.combine(&stats.digest);
     let (range_start, range_end) = if old.range_fixed {
         (old.range_start, old.range_end)
     } else {
         (
-            min_opt(old.range_start, t.stats.min_start),
-            max_opt(old.range_end, t.stats.max_end),
+            min_opt(old.range_start, stats.min_start),
+            max_opt(old.range_end, stats.max_end),
         )
     };
-    let priority_min = min_opt(old.priority_min, t.stats.priority_min);
-    let priority_max = max_opt(old.priority_max, t.stats.priority_max);
-    AppendUpdate {
+    let priority_min = min_opt(old.priority_min, stats.priority_min);
+    let priority_max = max_opt(old.priority_max, stats.priority_max);
+    Some(AppendUpdate {
         version: old.version + 1,
+        checksum: crate::model::schedule_checksum(&old.header(), &digest),
+        blocks_digest: digest.to_hex(),
         range_start,
         range_end,
-        block_count: old.block_count + t.stats.blocks as i64,
-        period_count: old.period_count + t.stats.periods as i64,
-        empty_periods_dropped: old.empty_periods_dropped + t.stats.empty_periods_dropped as i64,
+        block_count: old.block_count + stats.blocks as i64,
+        period_count: old.period_count + stats.periods as i64,
+        empty_periods_dropped: old.empty_periods_dropped + stats.empty_periods_dropped as i64,
         priority_min,
         priority_max,
-        max_period_seconds: old.max_period_seconds.max(t.stats.max_period_seconds),
+        max_period_seconds: old.max_period_seconds.max(stats.max_period_seconds),
         all_bins_changed: (priority_min, priority_max) != (old.priority_min, old.priority_max),
-    }
+    })
 }

@@ -305,20 +305,22 @@ pub fn block(id: &str, priority: f64, scheduled: bool, periods: &[(i64, i64)]) -
     })
 }
 
-/// Rows in the raw tables: (schedules, blocks, periods).
-pub async fn count_rows(db: &TestDb) -> (i64, i64, i64) {
+/// What the raw tables hold: (schedules, blocks, periods packed in
+/// chunks, chunk rows).
+pub async fn count_rows(db: &TestDb) -> (i64, i64, i64, i64) {
     const Q: &str = "SELECT (SELECT COUNT(*) FROM schedules), (SELECT COUNT(*) FROM blocks), \
-                     (SELECT COUNT(*) FROM periods)";
+                     (SELECT CAST(COALESCE(SUM(period_count), 0) AS BIGINT) FROM period_chunks), \
+                     (SELECT COUNT(*) FROM period_chunks)";
     if db.url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(&db.url)
             .await
             .expect("open sqlite");
-        let r: (i64, i64, i64) = sqlx::query_as(Q).fetch_one(&pool).await.expect("count");
+        let r: (i64, i64, i64, i64) = sqlx::query_as(Q).fetch_one(&pool).await.expect("count");
         pool.close().await;
         r
     } else {
         let pool = sqlx::PgPool::connect(&db.url).await.expect("open postgres");
-        let r: (i64, i64, i64) = sqlx::query_as(Q).fetch_one(&pool).await.expect("count");
+        let r: (i64, i64, i64, i64) = sqlx::query_as(Q).fetch_one(&pool).await.expect("count");
         pool.close().await;
         r
     }

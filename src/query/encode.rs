@@ -1,6 +1,6 @@
-//! Writers for range-query responses (JSON, columnar JSON, CSV). Written by
-//! hand with `itoa`: a year of 15-minute bins is 35,040 rows and a generic
-//! serializer would dominate a warm request.
+//! Writers for answers: the range query (JSON, columnar JSON, CSV) and the
+//! TSI histogram. Written by hand with `itoa`: a year of 15-minute bins is
+//! 35,040 rows and a generic serializer would dominate a cold request.
 
 use crate::engine::{BinCounts, Grid, COLUMNS};
 
@@ -113,5 +113,25 @@ pub fn csv(grid: &Grid, c: &BinCounts) -> Vec<u8> {
         }
         out.push(b'\n');
     }
+    out
+}
+
+/// The TSI histogram: `[{"bin_start_unix", "bin_end_unix", "visible_count"}, …]`.
+pub fn histogram(rows: &[(i64, i64, u32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 72 + 2);
+    out.push(b'[');
+    for (i, &(a, b, v)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"bin_start_unix\":");
+        push_int(&mut out, a);
+        out.extend_from_slice(b",\"bin_end_unix\":");
+        push_int(&mut out, b);
+        out.extend_from_slice(b",\"visible_count\":");
+        push_int(&mut out, v);
+        out.push(b'}');
+    }
+    out.push(b']');
     out
 }

@@ -1,0 +1,226 @@
+//! The resident period tier: decoded periods of the schedules a replica
+//! served recently, bounded in bytes (`VISBIN_PERIOD_CACHE_BYTES`), least
+//! recently used out first.
+//!
+//! Every request reads its schedule's row first; that row's version says
+//! whether the resident copy is current. A copy behind it is extended by
+//! the chunk rows of the versions after it (appends never rewrite rows),
+//! so an append costs a replica one read of the appended rows, not of the
+//! schedule. A schedule larger than the whole budget is never loaded: its
+//! queries read the chunks of their window instead.
+
+use super::PeriodSet;
+use crate::cache::flight::Flights;
+use crate::metrics::Metrics;
+use crate::store::{ChunkSelect, ScheduleRow, Store, StoreError};
+use futures_util::FutureExt;
+use moka::policy::EvictionPolicy;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bytes a resident period takes: start and end (8 bytes each) and block
+/// (4) in three columns, allocated to length.
+pub const BYTES_PER_PERIOD: u64 = 20;
+
+/// Whether a schedule's periods can be held.
+#[derive(Debug, Clone)]
+pub enum Residency {
+    /// Held (or just loaded) at a version at least the one asked for.
+    Resident(Arc<PeriodSet>),
+    /// Larger than the whole budget: serve it from window reads.
+    TooLarge,
+}
+
+type Load = Result<Arc<PeriodSet>, Arc<StoreError>>;
+
+/// The tier.
+pub struct ResidentTier {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    capacity: u64,
+    sets: moka::sync::Cache<i64, Arc<PeriodSet>>,
+    loads: Arc<Flights<i64, Load>>,
+}
+
+impl ResidentTier {
+    /// A tier of at most `capacity` bytes over `store`.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, capacity: u64) -> Arc<ResidentTier> {
+        metrics.period_capacity.set(capacity as i64);
+        Arc::new(ResidentTier {
+            store,
+            metrics,
+            capacity,
+            sets: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .weigher(|_: &i64, s: &Arc<PeriodSet>| s.heap_bytes().min(u32::MAX as usize) as u32)
+                .build(),
+            loads: Flights::new(),
+        })
+    }
+
+    /// Whether a schedule of `head`'s size can be resident at all.
+    pub fn fits(&self, head: &ScheduleRow) -> bool {
+        (head.period_count.max(0) as u64).saturating_mul(BYTES_PER_PERIOD) + 512 <= self.capacity
+    }
+
+    /// The resident set of schedule `id` if it is held at `version` or later;
+    /// no load.
+    pub fn peek(&self, id: i64, version: i64) -> Option<Arc<PeriodSet>> {
+        self.sets.get(&id).filter(|s| s.version() >= version)
+    }
+
+    /// The periods of `head`'s schedule at `head.version` or later: the
+    /// resident set, loaded or extended first if it is missing or behind.
+    pub async fn get(self: &Arc<Self>, head: &ScheduleRow) -> Result<Residency, Arc<StoreError>> {
+        if !self.fits(head) {
+            self.lookup("bypass");
+            return Ok(Residency::TooLarge);
+        }
+        if let Some(s) = self.peek(head.id, head.version) {
+            self.lookup("hit");
+            return Ok(Residency::Resident(s));
+        }
+        self.lookup(if self.sets.contains_key(&head.id) {
+            "stale"
+        } else {
+            "miss"
+        });
+        // A load joined while it was under way may predate `head`; the
+        // next one starts after this request read `head`, so it is current.
+        for _ in 0..3 {
+            let this = Arc::clone(self);
+            let (id, version) = (head.id, head.version);
+            let (loaded, _) = self
+                .loads
+                .run(id, move || {
+                    async move { this.load(id, version).await.map_err(Arc::new) }.boxed()
+                })
+                .await;
+            let set = loaded?;
+            if set.version() >= head.version {
+                return Ok(Residency::Resident(set));
+            }
+        }
+        Err(Arc::new(StoreError::Corrupt(format!(
+            "schedule {} stayed behind version {} through three loads",
+            head.id, head.version
+        ))))
+    }
+
+    /// The periods of `head`'s schedule meeting `[from, to)`, read from the
+    /// chunks of that window in one snapshot (for schedules too large to
+    /// hold). The set's version is that of the snapshot.
+    pub async fn window(&self, id: i64, from: i64, to: i64) -> Result<PeriodSet, StoreError> {
+        let started = Instant::now();
+        let timer = self.metrics.store_timer("chunks_window");
+        let snapshot = self
+            .store
+            .period_chunks(id, ChunkSelect::Window { from, to })
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        timer.observe_duration();
+        let set = tokio::task::spawn_blocking(move || PeriodSet::decode(&snapshot))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("decoding task failed: {e}")))?
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.loaded("window", started);
+        Ok(set)
+    }
+
+    /// Loads (or extends) schedule `id` to a version of at least `version`.
+    async fn load(&self, id: i64, version: i64) -> Result<Arc<PeriodSet>, StoreError> {
+        let held = self.sets.get(&id);
+        if let Some(s) = held.as_ref().filter(|s| s.version() >= version) {
+            return Ok(s.clone());
+        }
+        let started = Instant::now();
+        let mut kind = "full";
+        let mut set = None;
+        if let Some(old) = held {
+            let timer = self.metrics.store_timer("chunks_delta");
+            let delta = self
+                .store
+                .period_chunks(id, ChunkSelect::After(old.version()))
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            timer.observe_duration();
+            set = decode_off_executor(move || old.extended(&delta)).await?;
+            kind = "delta";
+        }
+        let set = match set {
+            Some(s) => s,
+            None => {
+                kind = "full";
+                let timer = self.metrics.store_timer("chunks_full");
+                let all = self
+                    .store
+                    .period_chunks(id, ChunkSelect::All)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                timer.observe_duration();
+                decode_off_executor(move || PeriodSet::decode(&all).map(Some))
+                    .await?
+                    .expect("a full decode yields a set")
+            }
+        };
+        let set = match decode_off_executor({
+            let s = set.clone();
+            move || Ok(s.compacted())
+        })
+        .await?
+        {
+            Some(c) => {
+                self.metrics
+                    .compactions
+                    .with_label_values(&["memory"])
+                    .inc();
+                c
+            }
+            None => set,
+        };
+        let set = Arc::new(set);
+        if self.fits(&set.head) {
+            self.sets.insert(id, set.clone());
+        }
+        self.loaded(kind, started);
+        Ok(set)
+    }
+
+    /// Drops a deleted schedule's periods.
+    pub fn forget(&self, id: i64) {
+        self.sets.invalidate(&id);
+    }
+
+    /// Bytes held now (after pending maintenance).
+    pub fn weighted_size(&self) -> u64 {
+        self.sets.run_pending_tasks();
+        self.sets.weighted_size()
+    }
+
+    fn lookup(&self, outcome: &str) {
+        self.metrics
+            .period_lookups
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    fn loaded(&self, kind: &str, started: Instant) {
+        self.metrics.period_loads.with_label_values(&[kind]).inc();
+        self.metrics
+            .period_load_duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs a decode on the blocking pool (a full load decodes millions of
+/// periods), mapping codec errors to the store's.
+async fn decode_off_executor<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::codec::CorruptChunk> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("decoding task failed: {e}")))?
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,311 @@
+//! The one read path (DESIGN §6): every range query, TSI histogram and
+//! summary job goes through [`QueryService`], which owns the head read,
+//! the resident period tier, the bin-extent tiers and the response cache.
+//!
+//! Each answer comes from one version. A request reads its schedule's row
+//! (the *head*) first; cached bins, blocks and periods are then taken *as
+//! of that version*: extents are checked against the change log up to it,
+//! blocks are the first `block_count` of the table, periods are the
+//! segments of the groups up to it. When the periods at hand can no longer
+//! tell that version apart (a compaction merged it with a later one), the
+//! request moves on to the version of the periods it holds and plans
+//! again — it never mixes two versions and never fails for it.
+
+mod bins;
+mod encode;
+mod head;
+mod histogram;
+mod responses;
+mod summary;
+mod tables;
+
+pub use bins::{BinQuery, Format};
+pub use histogram::HistogramQuery;
+
+use crate::cache::flight::Flights;
+use crate::cache::{MemoryTier, PersistWriter};
+use crate::engine::{BinCounts, BinRange, Filter, Grid};
+use crate::metrics::Metrics;
+use crate::periods::{PeriodSet, PeriodView, Residency, ResidentTier};
+use crate::store::{ScheduleRow, Store, StoreError};
+use head::HeadReader;
+use responses::Responses;
+use std::sync::Arc;
+use std::time::Duration;
+use tables::{BlockTables, ChangeLogs};
+
+/// How many times a request may move on to a newer version (see the
+/// module doc) before giving up; reaching it would take a compaction per
+/// attempt racing the same request.
+const MAX_VERSION_MOVES: usize = 8;
+
+/// Errors of the read path.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueryError {
+    /// The schedule does not exist (any more).
+    #[error("schedule {0} does not exist")]
+    NotFound(i64),
+    /// The request cannot be answered as asked; `detail` says what to do.
+    #[error("{detail}")]
+    Invalid { code: &'static str, detail: String },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(Arc<StoreError>),
+    /// A computation failed (a bug or corrupt data).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    fn invalid(code: &'static str, detail: impl Into<String>) -> QueryError {
+        QueryError::Invalid {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn store(id: i64, e: Arc<StoreError>) -> QueryError {
+        match &*e {
+            StoreError::NotFound => QueryError::NotFound(id),
+            _ => QueryError::Store(e),
+        }
+    }
+}
+
+/// A step of the read path that may have to start over at a newer version.
+enum Step<T> {
+    Done(T),
+    /// The periods at hand are of this newer head: plan again with it.
+    MoveTo(Arc<ScheduleRow>),
+}
+
+/// Whether the bins of an answer came from the cache tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Every bin came from a cache tier.
+    Hit,
+    /// Some bins did.
+    Partial,
+    /// None did.
+    Miss,
+}
+
+impl CacheOutcome {
+    /// The `X-Cache` header value and metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Partial => "partial",
+            CacheOutcome::Miss => "miss",
+        }
+    }
+
+    fn of(served: usize, total: usize) -> CacheOutcome {
+        if served == total {
+            CacheOutcome::Hit
+        } else if served == 0 {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Partial
+        }
+    }
+}
+
+/// Time spent per stage (for `Server-Timing`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub cache: Duration,
+    pub store: Duration,
+    pub compute: Duration,
+}
+
+/// A serialized answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub body: bytes::Bytes,
+    pub content_type: &'static str,
+    pub cache: CacheOutcome,
+    pub timing: Timing,
+    /// The schedule version the answer is of.
+    pub version: i64,
+}
+
+/// Limits of the read path.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Most bins one answer may hold.
+    pub max_bins: u64,
+}
+
+/// Memory budgets of the read path's caches.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryBudgets {
+    /// Computed bin extents (the memory tier).
+    pub extent_bytes: u64,
+    /// Serialized answers.
+    pub response_bytes: u64,
+    /// Decoded periods (the resident tier).
+    pub period_bytes: u64,
+    /// Block tables.
+    pub block_bytes: u64,
+    /// Queue of writes to the persisted extent tier.
+    pub write_queue: usize,
+}
+
+/// A range of bins of one grid and filter: what the extent tiers cache.
+#[derive(Debug, Clone)]
+struct BinRequest {
+    grid: Grid,
+    bins: BinRange,
+    filter: Filter,
+}
+
+/// Counters of a [`BinRequest`] at one version.
+#[derive(Debug, Clone)]
+struct Computed {
+    counts: BinCounts,
+    outcome: CacheOutcome,
+    timing: Timing,
+    head: Arc<ScheduleRow>,
+}
+
+/// The read path shared by every request of one app.
+pub struct QueryService {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    limits: QueryLimits,
+    heads: Arc<HeadReader>,
+    periods: Arc<ResidentTier>,
+    blocks: BlockTables,
+    logs: ChangeLogs,
+    memory: MemoryTier,
+    writer: PersistWriter,
+    flights: Arc<Flights<bins::FlightKey, Result<Arc<bins::Filled>, bins::FillError>>>,
+    responses: Responses,
+}
+
+impl QueryService {
+    /// A service over `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        limits: QueryLimits,
+        budgets: QueryBudgets,
+    ) -> Arc<QueryService> {
+        metrics.cache_capacity.set(budgets.extent_bytes as i64);
+        Arc::new(QueryService {
+            heads: HeadReader::new(store.clone()),
+            periods: ResidentTier::new(store.clone(), metrics.clone(), budgets.period_bytes),
+            blocks: BlockTables::new(store.clone(), metrics.clone(), budgets.block_bytes),
+            logs: ChangeLogs::new(store.clone(), metrics.clone()),
+            memory: MemoryTier::new(budgets.extent_bytes),
+            writer: PersistWriter::start(store.clone(), metrics.clone(), budgets.write_queue),
+            flights: Flights::new(),
+            responses: Responses::new(budgets.response_bytes, metrics.clone()),
+            store,
+            metrics,
+            limits,
+        })
+    }
+
+    /// The memory tier of bin extents (for metrics and tests).
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// The resident period tier (for metrics and tests).
+    pub fn periods(&self) -> &ResidentTier {
+        &self.periods
+    }
+
+    /// Bytes of serialized answers held.
+    pub fn response_bytes(&self) -> u64 {
+        self.responses.weighted_size()
+    }
+
+    /// Forgets everything held in memory for a deleted schedule.
+    pub async fn forget_schedule(&self, id: i64) {
+        self.memory.forget_schedule(id);
+        self.periods.forget(id);
+        self.responses.forget_schedule(id);
+        self.blocks.forget(id).await;
+        self.logs.forget(id).await;
+    }
+
+    /// The schedule's row as of a moment after this call began (coalesced
+    /// with concurrent requests for the same schedule).
+    async fn head(&self, id: i64) -> Result<Arc<ScheduleRow>, QueryError> {
+        let timer = self.metrics.store_timer("schedule_head");
+        let head = self
+            .heads
+            .read(id)
+            .await
+            .map_err(|e| QueryError::store(id, e))?;
+        timer.observe_duration();
+        head.ok_or(QueryError::NotFound(id))
+    }
+
+    /// The periods of `head.version` that may meet `[from, to)`: from the
+    /// resident tier, or from the window's chunks when the schedule is too
+    /// large to hold. `MoveTo` when they are of a later version that cannot
+    /// tell `head.version` apart.
+    ///
+    /// A schedule not resident yet is loaded before answering when the
+    /// window covers much of it; for a small window (a UI's first look at a
+    /// day) the window's chunks answer now and the load runs behind.
+    async fn periods_at(
+        &self,
+        head: &Arc<ScheduleRow>,
+        from: i64,
+        to: i64,
+    ) -> Result<Step<PeriodView>, QueryError> {
+        let set: Arc<PeriodSet> = match self.periods.peek(head.id, head.version) {
+            Some(set) => set,
+            None if self.periods.fits(head) && !covers_much(head, from, to) => {
+                let (tier, behind) = (self.periods.clone(), head.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = tier.get(&behind).await {
+                        tracing::warn!(schedule_id = behind.id, error = %e, "loading periods failed");
+                    }
+                });
+                self.window(head, from, to).await?
+            }
+            None => match self
+                .periods
+                .get(head)
+                .await
+                .map_err(|e| QueryError::store(head.id, e))?
+            {
+                Residency::Resident(set) => set,
+                Residency::TooLarge => self.window(head, from, to).await?,
+            },
+        };
+        Ok(match set.view(head.version) {
+            Some(view) => Step::Done(view),
+            None => Step::MoveTo(set.head().clone()),
+        })
+    }
+
+    async fn window(
+        &self,
+        head: &ScheduleRow,
+        from: i64,
+        to: i64,
+    ) -> Result<Arc<PeriodSet>, QueryError> {
+        self.periods
+            .window(head.id, from, to)
+            .await
+            .map(Arc::new)
+            .map_err(|e| QueryError::store(head.id, Arc::new(e)))
+    }
+}
+
+/// Whether `[from, to)` covers an eighth or more of the schedule's range
+/// (or the schedule has none): then loading all of it costs at most a few
+/// times reading the window.
+fn covers_much(head: &ScheduleRow, from: i64, to: i64) -> bool {
+    match (head.range_start, head.range_end) {
+        (Some(s), Some(e)) if e > s => (to.min(e) - from.max(s)).saturating_mul(8) >= e - s,
+        _ => true,
+    }
+}
