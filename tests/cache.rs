@@ -92,12 +92,19 @@ struct Query {
     n: usize,
 }
 
-fn random_query(rng: &mut ChaCha8Rng, id: i64, blocks: &[OBlock], range: (i64, i64)) -> Query {
+/// A random query; `range` is the schedule's, if it has one (a query
+/// without a window covers it).
+fn random_query(
+    rng: &mut ChaCha8Rng,
+    id: i64,
+    blocks: &[OBlock],
+    range: Option<(i64, i64)>,
+) -> Query {
     let width = [60, 300, 900, 3600, 7200, DAY][rng.gen_range(0..6)];
     let origin: i64 = [0, 30, -450, 7][rng.gen_range(0..4)];
     let f = random_filter(rng, blocks);
     let format = ["json", "columnar", "csv"][rng.gen_range(0..3)];
-    let (start, end, window) = if rng.gen_bool(0.2) {
+    let (start, end, window) = if let Some(range) = range.filter(|_| rng.gen_bool(0.2)) {
         (range.0, range.1, String::new())
     } else {
         let s = T0 - DAY + rng.gen_range(0..5 * DAY);
@@ -133,9 +140,25 @@ async fn check_query(app: &TestApp, q: &Query, f: &OFilter, blocks: &[OBlock]) -
     r.header("x-cache").to_string()
 }
 
-async fn model(backend: Backend, seed: u64, steps: usize) {
+/// How much the resident period tier may hold in a model run.
+#[derive(Debug, Clone, Copy)]
+enum Resident {
+    /// The default budget: every schedule stays resident.
+    On,
+    /// Room for about one small schedule: constant eviction.
+    Tiny,
+    /// Nothing: every computation reads the chunks of its window.
+    Off,
+}
+
+async fn model(backend: Backend, seed: u64, steps: usize, resident: Resident) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::start(&db, &[]).await;
+    let budget = match resident {
+        Resident::On => vec![],
+        Resident::Tiny => vec!["--period-cache-bytes", "2000"],
+        Resident::Off => vec!["--period-cache-bytes", "0"],
+    };
+    let app = TestApp::start(&db, &budget).await;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let priorities = [1.0, 2.0, 3.5, 5.5, 7.0];
     let mut schedules: BTreeMap<i64, Vec<OBlock>> = BTreeMap::new();
@@ -182,7 +205,19 @@ async fn model(backend: Backend, seed: u64, steps: usize) {
                 .await;
             assert_eq!(r.status, 200, "{}", r.text);
             schedules.get_mut(&id).unwrap().extend(add);
-        } else if roll < 30 && schedules.len() > 1 {
+        } else if roll < 30 {
+            // Merge the stored version groups (the background compaction
+            // waits for eight of them; forcing it here covers every shape).
+            let id = *schedules
+                .keys()
+                .nth(rng.gen_range(0..schedules.len()))
+                .unwrap();
+            app.app_state
+                .ingest
+                .compact(id, 1)
+                .await
+                .expect("compaction");
+        } else if roll < 35 && schedules.len() > 1 {
             let id = *schedules
                 .keys()
                 .nth(rng.gen_range(0..schedules.len()))
@@ -203,8 +238,8 @@ async fn model(backend: Backend, seed: u64, steps: usize) {
             let blocks = schedules[&id].clone();
             let head = app.get(&format!("/v1/schedules/{id}")).await.json();
             let range = match (head["start_unix"].as_i64(), head["end_unix"].as_i64()) {
-                (Some(s), Some(e)) if s < e => (s, e),
-                _ => (T0, T0 + DAY),
+                (Some(s), Some(e)) if s < e => Some((s, e)),
+                _ => None,
             };
             let q = random_query(&mut rng, id, &blocks, range);
             let f = parse_filter(&q.path);
@@ -249,6 +284,22 @@ async fn model(backend: Backend, seed: u64, steps: usize) {
         hits > 10 && misses > 3,
         "the model exercised the cache (hits {hits}, misses {misses})"
     );
+    let m = &app.app_state.metrics;
+    let loads = |kind: &str| m.period_loads.with_label_values(&[kind]).get();
+    let lookups = |outcome: &str| m.period_lookups.with_label_values(&[outcome]).get();
+    match resident {
+        Resident::On => assert!(
+            loads("full") > 0 && lookups("hit") > 0,
+            "full {} hit {} window {} miss {} stale {}",
+            loads("full"),
+            lookups("hit"),
+            loads("window"),
+            lookups("miss"),
+            lookups("stale")
+        ),
+        Resident::Tiny => assert!(lookups("miss") > 2 && loads("full") > 2),
+        Resident::Off => assert!(loads("window") > 0 && loads("full") == 0),
+    }
     app.stop().await;
 }
 
@@ -272,15 +323,19 @@ fn parse_filter(path: &str) -> OFilter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_sqlite() {
     for seed in 1..=3 {
-        model(Backend::Sqlite, seed, 70).await;
+        model(Backend::Sqlite, seed, 70, Resident::On).await;
     }
+    model(Backend::Sqlite, 4, 70, Resident::Tiny).await;
+    model(Backend::Sqlite, 5, 70, Resident::Off).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_postgres() {
     for seed in 11..=13 {
-        model(Backend::Postgres, seed, 70).await;
+        model(Backend::Postgres, seed, 70, Resident::On).await;
     }
+    model(Backend::Postgres, 14, 70, Resident::Tiny).await;
+    model(Backend::Postgres, 15, 70, Resident::Off).await;
 }
 
 async fn count_extents(db: &TestDb, id: i64) -> i64 {
@@ -423,6 +478,21 @@ async fn replicas_on_one_postgres_share_extents_and_never_serve_stale_bins() {
     );
     let want = oracle::bins(&blocks, &OFilter::default(), T0, 600, 288);
     assert_eq!(parse_answer("json", &r.text).counts, want);
+    // A key B never saw makes B load the schedule's periods.
+    let fresh = format!("/v1/schedules/{id}/bins?bin=600&origin=60");
+    assert_eq!(b.get(&fresh).await.header("x-cache"), "miss");
+    assert!(
+        b.app_state.query.periods().peek(id, 1).is_some(),
+        "B holds the schedule resident"
+    );
+    let b_loads = |kind: &str| {
+        b.app_state
+            .metrics
+            .period_loads
+            .with_label_values(&[kind])
+            .get()
+    };
+    let deltas_before = b_loads("delta");
     // An append acknowledged by A is seen by B's next request.
     let add = OBlock {
         identity: "z".into(),
@@ -445,6 +515,25 @@ async fn replicas_on_one_postgres_share_extents_and_never_serve_stale_bins() {
         got.counts,
         oracle::bins(&all, &OFilter::default(), T0, 600, 288)
     );
+    // B's resident copy took the appended version by reading only its
+    // chunks, and computes from it.
+    let r = b
+        .get(&format!(
+            "/v1/schedules/{id}/bins?bin=600&origin=120&start={}&end={}",
+            T0 + 120,
+            T0 + 120 + 2 * DAY
+        ))
+        .await;
+    assert_eq!(r.header("x-cache"), "miss");
+    assert_eq!(
+        parse_answer("json", &r.text).counts,
+        oracle::bins(&all, &OFilter::default(), T0 + 120, 600, 288)
+    );
+    assert!(
+        b_loads("delta") > deltas_before,
+        "B extended its resident copy"
+    );
+    assert!(b.app_state.query.periods().peek(id, 2).is_some());
     a.stop().await;
     b.stop().await;
 }

@@ -16,7 +16,7 @@ use crate::model::{
     parse_document, parse_ndjson_chunk, schedule_checksum, Block, BlockMeta, Header, IdentitySet,
     InvalidUpload, SpanSet, UploadStats,
 };
-use crate::periods::compact::{compact_stored, Compacted};
+use crate::periods::compact::{compact_stored, Compacted, MAX_GROUPS};
 use crate::periods::pack::Packer;
 use crate::store::{ChunkFeed, Inserted, NewBlocks, NewSchedule, ScheduleRow, Store, StoreError};
 use body::{read_all, LineChunks};
@@ -338,10 +338,15 @@ impl IngestService {
         })
     }
 
-    /// Compacts schedule `id`'s stored chunks if appends left too many
-    /// version groups (see `periods::compact`); `None` if nothing needed it.
-    pub async fn compact(&self, id: i64) -> Result<Option<Compacted>, StoreError> {
-        let done = compact_stored(self.store.as_ref(), id).await?;
+    /// Compacts schedule `id`'s stored chunks if appends left it more than
+    /// `max_groups` version groups (after appends this runs by itself with
+    /// `periods::compact::MAX_GROUPS`); `None` if nothing needed it.
+    pub async fn compact(
+        &self,
+        id: i64,
+        max_groups: usize,
+    ) -> Result<Option<Compacted>, StoreError> {
+        let done = compact_stored(self.store.as_ref(), id, max_groups).await?;
         if done.is_some() {
             self.metrics.compactions.with_label_values(&["store"]).inc();
         }
@@ -360,7 +365,7 @@ impl IngestService {
             flights
                 .run(id, move || {
                     async move {
-                        match compact_stored(store.as_ref(), id).await {
+                        match compact_stored(store.as_ref(), id, MAX_GROUPS).await {
                             Ok(Some(c)) => {
                                 metrics.compactions.with_label_values(&["store"]).inc();
                                 tracing::info!(schedule_id = id, groups = c.groups, periods = c.periods, "compacted period chunks");

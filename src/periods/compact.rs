@@ -18,9 +18,9 @@ use std::ops::Range;
 pub const MAX_GROUPS: usize = 8;
 
 /// The consecutive groups to merge, given their sizes oldest first; `None`
-/// while there are at most [`MAX_GROUPS`].
-pub fn plan(sizes: &[i64]) -> Option<Range<usize>> {
-    if sizes.len() <= MAX_GROUPS {
+/// while there are at most `max_groups` (normally [`MAX_GROUPS`]).
+pub fn plan(sizes: &[i64], max_groups: usize) -> Option<Range<usize>> {
+    if sizes.len() <= max_groups.max(1) {
         return None;
     }
     let mut start = sizes.len() - 1;
@@ -41,13 +41,18 @@ pub struct Compacted {
     pub periods: i64,
 }
 
-/// Compacts the stored groups of schedule `id` if the policy asks for it.
-/// `None` when nothing needed merging or another writer changed the groups
-/// first (a concurrent compaction, a delete): nothing was written then.
-pub async fn compact_stored(store: &dyn Store, id: i64) -> Result<Option<Compacted>, StoreError> {
+/// Compacts the stored groups of schedule `id` if it has more than
+/// `max_groups`. `None` when nothing needed merging or another writer
+/// changed the groups first (a concurrent compaction, a delete): nothing
+/// was written then.
+pub async fn compact_stored(
+    store: &dyn Store,
+    id: i64,
+    max_groups: usize,
+) -> Result<Option<Compacted>, StoreError> {
     let groups = store.chunk_groups(id).await?;
     let sizes: Vec<i64> = groups.iter().map(|g| g.periods).collect();
-    let Some(range) = plan(&sizes) else {
+    let Some(range) = plan(&sizes, max_groups) else {
         return Ok(None);
     };
     let old: Vec<GroupInfo> = groups[range].to_vec();
@@ -112,23 +117,24 @@ mod tests {
 
     #[test]
     fn the_plan_merges_small_tails_like_a_binary_counter() {
-        assert_eq!(plan(&[100; MAX_GROUPS]), None);
+        assert_eq!(plan(&[100; MAX_GROUPS], MAX_GROUPS), None);
+        assert_eq!(plan(&[5, 1], 1), Some(0..2));
         let mut sizes = vec![1_000_000];
         sizes.extend([100; 8]);
-        assert_eq!(plan(&sizes), Some(1..9));
+        assert_eq!(plan(&sizes, MAX_GROUPS), Some(1..9));
         // The merged tail of 800 absorbs the next 8 appends of 100 …
         let mut next = vec![1_000_000, 800];
         next.extend([100; 8]);
-        assert_eq!(plan(&next), Some(1..10));
+        assert_eq!(plan(&next, MAX_GROUPS), Some(1..10));
         // … but a tail of 1,600 waits until the newer ones add up to it.
         let mut later = vec![1_000_000, 1_600];
         later.extend([100; 8]);
-        assert_eq!(plan(&later), Some(2..10));
+        assert_eq!(plan(&later, MAX_GROUPS), Some(2..10));
         // Halving sizes still merge the newest two; doubling ones all.
         let halving: Vec<i64> = (0..10).map(|k| 1024 >> k).collect();
-        assert_eq!(plan(&halving), Some(8..10));
+        assert_eq!(plan(&halving, MAX_GROUPS), Some(8..10));
         let doubling: Vec<i64> = (0..10).map(|k| 1 << k).collect();
-        assert_eq!(plan(&doubling), Some(0..10));
+        assert_eq!(plan(&doubling, MAX_GROUPS), Some(0..10));
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl PeriodSet {
             .iter()
             .map(|s| s.columns.len() as i64)
             .collect();
-        let range = compact::plan(&sizes)?;
+        let range = compact::plan(&sizes, compact::MAX_GROUPS)?;
         let parts: Vec<&PeriodColumns> = self.segments[range.clone()]
             .iter()
             .map(|s| &s.columns)

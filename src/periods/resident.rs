@@ -64,9 +64,17 @@ impl ResidentTier {
         (head.period_count.max(0) as u64).saturating_mul(BYTES_PER_PERIOD) + 512 <= self.capacity
     }
 
-    /// The resident set of schedule `id` if it is held at `version` or later;
-    /// no load.
+    /// The resident set of schedule `id` if it is held at `version` or later
+    /// (counted as a hit); no load.
     pub fn peek(&self, id: i64, version: i64) -> Option<Arc<PeriodSet>> {
+        let held = self.held(id, version);
+        if held.is_some() {
+            self.lookup("hit");
+        }
+        held
+    }
+
+    fn held(&self, id: i64, version: i64) -> Option<Arc<PeriodSet>> {
         self.sets.get(&id).filter(|s| s.version() >= version)
     }
 
@@ -78,7 +86,6 @@ impl ResidentTier {
             return Ok(Residency::TooLarge);
         }
         if let Some(s) = self.peek(head.id, head.version) {
-            self.lookup("hit");
             return Ok(Residency::Resident(s));
         }
         self.lookup(if self.sets.contains_key(&head.id) {
