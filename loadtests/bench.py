@@ -1,180 +1,295 @@
 #!/usr/bin/env python3
-"""visbin benchmarks on Postgres, each against a baseline measured in the same run.
+"""visbin's storage and read-path benchmarks, each against a floor measured
+in the same run on the same machine (docs/BENCHMARKS.md):
 
-  python3 loadtests/bench.py            (after: cargo build --release)
+    cargo build --release
+    python3 loadtests/bench.py --size reference   # 1,500 blocks x ~50 periods
+    python3 loadtests/bench.py --size 150k        # 150,000 blocks, ~400 MB NDJSON
 
-1. Upload of the reference schedule (1,500 blocks x ~50 periods, one year)
-   vs the raw floor: COPY of the same block and period rows by psql into
-   empty tables of the same shape (same indexes), timed by psql's \\timing.
-2. Warm (memory tier) 7-day window at 900 s: wrk throughput as a ratio of
-   /healthz throughput, and p50/p95/p99.
-3. Cold (never-seen key) 1-day, 7-day and full-year windows vs the raw floor:
-   psql fetching the same periods (the server's window query), \\timing.
-4. Tier-2 hit on a fresh replica (new process, same database) for the full
-   year vs cold.
-Needs: Postgres on 127.0.0.1:5432 (role postgres), psql, wrk.
+The floor is a plain table of the schedule's rows, `(schedule_id, block_idx,
+start_unix, end_unix)` with a covering index `(schedule_id, start_unix)
+INCLUDE (end_unix, block_idx)` (SQLite: an index on all four), filled and
+read by the database's own client: psql `\\copy` (binary for reads, timed by
+`\\timing`) and sqlite3 `.import` / `.timer`. For each backend:
+
+1. upload (JSON for the reference schedule, NDJSON for 150k) vs filling the
+   plain table from a TSV of the same rows; the summary job's duration;
+2. storage per period, indexes included: period_chunks vs the plain table;
+3. a cold full-range query at 1 h (a grid never asked before), schedule
+   resident, vs reading all rows of the plain table;
+4. the same after a restart (first touch, nothing resident);
+5. a cold 1-day window at 900 s, resident, vs reading that day's rows; and
+   with the resident tier off (VISBIN_PERIOD_CACHE_BYTES=0: window reads);
+6. a warm 7-day window at 900 s, json and columnar, against nginx serving
+   the same bytes as a static file (wrk -t2 -c16);
+7. a persisted-extent hit on a second replica vs the cold full year.
+
+Prints one JSON line per result to stdout (all results again at the end),
+progress to stderr. Needs Postgres on --pg-url, psql, sqlite3, wrk, nginx.
 """
-import http.client, json, math, os, re, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "visbin")
-PG = "postgres://postgres@127.0.0.1:5432"
-DB = "visbin_bench"
-YEAR = 1735689600  # 2025-01-01T00:00:00Z
-DAY = 86400
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import DAY, ROOT, YEAR_START, Nginx, Pg, Server, log, request, rows_of, upload_file, wait_job  # noqa: E402
 
-
-def psql(sql, db=DB, capture=True):
-    return subprocess.run(["psql", f"{PG}/{db}", "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
-                          check=True, capture_output=capture, text=True).stdout
-
-
-def psql_timings(script):
-    """Runs a psql script with \\timing on; returns the 'Time:' values (ms) in order."""
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write("\\timing on\n" + script)
-    out = subprocess.run(["psql", f"{PG}/{DB}", "-v", "ON_ERROR_STOP=1", "-q", "-f", f.name],
-                         check=True, capture_output=True, text=True).stdout
-    os.unlink(f.name)
-    return [float(m) for m in re.findall(r"Time: ([0-9.]+) ms", out)]
+SIZES = {
+    "reference": {"gen": ["--blocks", "1500", "--periods", "50", "--days", "365", "--seed", "1"],
+                  "format": "json", "uploads": 7, "cold_runs": 15, "restarts": 5},
+    "150k": {"gen": ["--blocks", "150000", "--periods", "50", "--days", "365", "--seed", "1"],
+             "format": "ndjson", "uploads": 1, "cold_runs": 9, "restarts": 3},
+}
+MID = YEAR_START + 180 * DAY
 
 
-def start_server(port):
-    env = dict(os.environ, DATABASE_URL=f"{PG}/{DB}", VISBIN_BIND=f"127.0.0.1:{port}", RUST_LOG="warn")
-    p = subprocess.Popen([BIN, "serve"], env=env)
-    for _ in range(400):
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200:
-                return p
-        except Exception:
-            time.sleep(0.025)
-    raise SystemExit("server did not start")
+def median(xs):
+    return round(statistics.median(xs), 2)
 
 
-def request(conn, method, path, body=None, headers=None):
-    t = time.perf_counter()
-    conn.request(method, path, body=body, headers=headers or {})
-    r = conn.getresponse()
-    data = r.read()
-    return (time.perf_counter() - t) * 1e3, r.status, data, r
+def emit(results, name, value):
+    results[name] = value
+    print(json.dumps({name: value}), flush=True)
 
 
-def wait_job(conn, job):
-    while True:
-        _, _, data, _ = request(conn, "GET", f"/v1/jobs/{job}")
-        if json.loads(data)["state"] in ("done", "failed"):
-            return
-        time.sleep(0.05)
-
-
-def wrk(url, seconds=10, conns=16):
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", os.path.join(ROOT, "loadtests", "report.lua"), url],
+def wrk_rps(url, seconds, workdir):
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "-s", os.path.join(ROOT, "loadtests", "report.lua"), url],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main():
-    subprocess.run(["psql", f"{PG}/postgres", "-qc", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"], check=True)
-    subprocess.run(["psql", f"{PG}/postgres", "-qc", f"CREATE DATABASE {DB}"], check=True)
-    tmp = tempfile.mkdtemp()
-    ref = os.path.join(tmp, "reference.json")
-    subprocess.run([BIN, "gen", "--blocks", "1500", "--periods", "50", "--days", "365", "--seed", "1", "--output", ref], check=True)
-    body = open(ref, "rb").read()
-    doc = json.loads(body)
-    server = start_server(18080)
-    results = {"machine_nproc": os.cpu_count()}
+def cold_ms(base, path, origins):
+    """Latencies of `path` with each of `origins` (new grids: every one must miss)."""
+    out = []
+    for o in origins:
+        ms, status, data, h = request(base, "GET", f"{path}&origin={o}")
+        if status != 200 or h.get("x-cache") != "miss":
+            raise SystemExit(f"{path}&origin={o}: {status} {h.get('x-cache')} {data[:200]!r}")
+        out.append(ms)
+    return out
+
+
+class SqliteFloor:
+    """The plain table in its own SQLite file, filled and read by the sqlite3 client."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, "floor.sqlite3")
+
+    def sql(self, script):
+        return subprocess.run(["sqlite3", self.path], input=script, check=True, capture_output=True, text=True).stdout
+
+    def fill(self, tsv):
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.sql("CREATE TABLE floor (schedule_id INTEGER, block_idx INTEGER, start_unix INTEGER, end_unix INTEGER);"
+                 "CREATE INDEX floor_window ON floor (schedule_id, start_unix, end_unix, block_idx);")
+        t = time.perf_counter()
+        self.sql(f".mode tabs\n.import {tsv} floor\n")
+        return (time.perf_counter() - t) * 1e3
+
+    def read_ms(self, where, runs, per_batch):
+        """Per-query ms of the rows of `where` in start order written to /dev/null, in `runs` batches: the
+        sqlite3 client's wall time for a batch of queries less that of an empty batch, per query (its own
+        `.timer` rounds to milliseconds)."""
+        query = f"SELECT block_idx, start_unix, end_unix FROM floor WHERE {where} ORDER BY start_unix;\n"
+
+        def wall(n):
+            t = time.perf_counter()
+            subprocess.run(["sqlite3", self.path], input=".output /dev/null\n" + query * n, check=True,
+                           capture_output=True, text=True)
+            return time.perf_counter() - t
+
+        return [(wall(per_batch) - wall(0)) * 1e3 / per_batch for _ in range(runs)]
+
+    def bytes(self):
+        out = self.sql("SELECT SUM(pgsize) FROM dbstat WHERE name IN ('floor', 'floor_window');")
+        return int(out.strip())
+
+
+def visbin_sqlite_bytes(db_path):
+    """Bytes of period_chunks and its primary-key index in the server's file."""
+    out = subprocess.run(["sqlite3", db_path, "SELECT SUM(pgsize) FROM dbstat WHERE name = 'period_chunks' "
+                          "OR name LIKE 'sqlite_autoindex_period_chunks%';"], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def measure(args, backend, size, data, tsv, periods, max_len, workdir, pg):
+    spec = SIZES[size]
+    res = {"backend": backend, "size": size, "periods": periods}
+    dbname = f"visbin_bench_{size}"
+    if backend == "postgres":
+        pg.create(dbname)
+        url = pg.db_url(dbname)
+    else:
+        db_path = os.path.join(workdir, f"visbin-{size}.sqlite3")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(db_path + suffix):
+                os.unlink(db_path + suffix)
+        url = f"sqlite://{db_path}"
+
+    # 1. The floor table and its fill time.
+    if backend == "postgres":
+        pg.run("DROP TABLE IF EXISTS floor; CREATE TABLE floor (schedule_id BIGINT, block_idx INTEGER, "
+               "start_unix BIGINT, end_unix BIGINT); CREATE INDEX floor_window ON floor (schedule_id, start_unix) "
+               "INCLUDE (end_unix, block_idx);", dbname)
+        script = "".join(f"TRUNCATE floor;\n\\copy floor FROM '{tsv}'\n" for _ in range(spec["uploads"]))
+        fills = pg.timings(dbname, script)[1::2]
+        pg.run("VACUUM ANALYZE floor", dbname)
+        floor_bytes = int(pg.run("SELECT pg_total_relation_size('floor')", dbname))
+    else:
+        floor = SqliteFloor(workdir)
+        fills = [floor.fill(tsv) for _ in range(min(spec["uploads"], 3))]
+        floor_bytes = floor.bytes()
+
+    # 2. Uploads and summary jobs.
+    server = Server(args.visbin, url, workdir, f"{backend}-{size}")
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", 18080)
-        # 1. Upload vs COPY floor.
-        uploads, sid = [], None
-        runs = 7
-        for i in range(runs):
-            variant = body.replace(b'"name":"synthetic', b'"name":"run%02d-synthetic' % i, 1)
-            ms, status, data, _ = request(conn, "POST", "/v1/schedules", variant, {"content-type": "application/json"})
-            assert status == 201, data
-            up = json.loads(data)
+        uploads, jobs, sid = [], [], None
+        for i in range(spec["uploads"]):
+            ms, up = upload_file(server.base, data, spec["format"], f"run{i:02d}-")
             uploads.append(ms)
-            wait_job(conn, up["job_id"])
+            jobs.append(wait_job(server.base, up["job_id"]) * 1e3)
             if sid is None:
                 sid = up["schedule_id"]
-        unix = lambda mjd: math.floor((mjd - 40587) * 86400 + 0.5)
-        blocks_tsv, periods_tsv = os.path.join(tmp, "blocks.tsv"), os.path.join(tmp, "periods.tsv")
-        with open(blocks_tsv, "w") as fb, open(periods_tsv, "w") as fp:
-            for i, b in enumerate(doc["blocks"]):
-                ps = [(unix(p["start"]), unix(p["stop"])) for p in b["visibility_periods"]]
-                ps = [p for p in ps if p[1] > p[0]]
-                sched = "t" if b["scheduled_period"] else "f"
-                fb.write(f"1\t{i}\t{b['original_block_id']}\t{b['priority']!r}\t{sched}\t{len(ps)}\n")
-                for s, e in ps:
-                    fp.write(f"1\t{i}\t{s}\t{e}\n")
-        psql("DROP TABLE IF EXISTS floor_blocks, floor_periods; "
-             "CREATE TABLE floor_blocks (LIKE blocks INCLUDING ALL); CREATE TABLE floor_periods (LIKE periods INCLUDING ALL);")
-        script = "".join(f"TRUNCATE floor_blocks, floor_periods;\n\\copy floor_blocks FROM '{blocks_tsv}'\n\\copy floor_periods FROM '{periods_tsv}'\n" for _ in range(runs))
-        t = psql_timings(script)
-        floors = [t[3 * i + 1] + t[3 * i + 2] for i in range(runs)]  # skip the TRUNCATE timings
-        results["upload"] = {
-            "periods": sum(1 for _ in open(periods_tsv)),
-            "upload_ms_median": round(statistics.median(uploads), 2),
-            "copy_floor_ms_median": round(statistics.median(floors), 2),
-            "ratio": round(statistics.median(uploads) / statistics.median(floors), 2),
-        }
-        print(json.dumps({"upload": results["upload"]}), flush=True)
+        emit(res, "upload", {"visbin_ms": median(uploads), "floor_ms": median(fills),
+                             "ratio": round(median(uploads) / median(fills), 3), "runs": len(uploads)})
+        emit(res, "summary_job", {"ms_after_201": median(jobs)})
+        if backend == "postgres":
+            chunk_bytes = int(pg.run("SELECT pg_total_relation_size('period_chunks')", dbname))
+            rows = int(pg.run("SELECT COUNT(*) FROM period_chunks", dbname))
+        else:
+            chunk_bytes = visbin_sqlite_bytes(db_path)
+            rows = int(subprocess.run(["sqlite3", db_path, "SELECT COUNT(*) FROM period_chunks"],
+                                      check=True, capture_output=True, text=True).stdout)
+        # Every upload stored the same periods again: compare per period.
+        stored = periods * spec["uploads"]
+        emit(res, "storage", {"visbin_bytes_per_period": round(chunk_bytes / stored, 2),
+                              "floor_bytes_per_period": round(floor_bytes / periods, 2),
+                              "ratio": round((chunk_bytes / stored) / (floor_bytes / periods), 3),
+                              "chunk_rows": rows, "schedules": spec["uploads"]})
 
-        # 2. Warm 7-day window vs /healthz.
-        mid = YEAR + 180 * DAY
-        seven = f"/v1/schedules/{sid}/bins?start={mid}&end={mid + 7 * DAY}&bin=900"
-        request(conn, "GET", seven)
-        request(conn, "GET", seven + "&format=columnar")
-        health = wrk("http://127.0.0.1:18080/healthz")
-        warm = wrk("http://127.0.0.1:18080" + seven)
-        warm_col = wrk("http://127.0.0.1:18080" + seven + "&format=columnar")
-        results["warm_7d"] = {"healthz": health, "bins_json": warm, "bins_columnar": warm_col,
-                              "ratio_json": round(warm["rps"] / health["rps"], 3),
-                              "ratio_columnar": round(warm_col["rps"] / health["rps"], 3)}
-        print(json.dumps({"warm_7d": results["warm_7d"]}), flush=True)
+        # Floors: all rows, and one day's rows.
+        day = (MID, MID + DAY)
+        day_where = (f"schedule_id = 1 AND start_unix > {day[0] - max_len} AND start_unix < {day[1]} "
+                     f"AND end_unix > {day[0]}")
+        if backend == "postgres":
+            def copy(where):
+                return (f"\\copy (SELECT block_idx, start_unix, end_unix FROM floor WHERE {where} "
+                        f"ORDER BY start_unix) TO '/dev/null' WITH (FORMAT binary)\n")
+            all_floor = pg.timings(dbname, copy("schedule_id = 1") * 5)
+            day_floor = pg.timings(dbname, copy(day_where) * 15)
+        else:
+            all_floor = floor.read_ms("schedule_id = 1", 3, 3)
+            day_floor = floor.read_ms(day_where, 5, 20)
 
-        # 3. Cold windows vs psql fetching the same periods.
-        conn = http.client.HTTPConnection("127.0.0.1", 18080)  # the old one idled out during wrk
-        max_len = int(psql(f"SELECT max_period_seconds FROM schedules WHERE id = {sid}"))
-        cold = {}
-        for w, (name, start, end) in enumerate([("1d", mid, mid + DAY), ("7d", mid, mid + 7 * DAY), ("365d", YEAR, YEAR + 365 * DAY)]):
-            lat = []
-            for i in range(100 * w + 1, 100 * w + 16):
-                # origin = i s: a never-seen key (grid origin differs) each time.
-                ms, status, _, r = request(conn, "GET", f"/v1/schedules/{sid}/bins?start={start}&end={end}&bin=900&origin={i}")
-                assert status == 200 and r.getheader("x-cache") == "miss", (name, i, r.getheader("x-cache"))
-                lat.append(ms)
-            q = (f"SELECT block_idx, start_unix, end_unix FROM periods WHERE schedule_id = {sid} "
-                 f"AND start_unix > {start - max_len} AND start_unix < {end} AND end_unix > {start} ORDER BY start_unix;\n")
-            floor = psql_timings("\\o /dev/null\n" + q * 15)
-            cold[name] = {"visbin_ms_median": round(statistics.median(lat), 2),
-                          "psql_floor_ms_median": round(statistics.median(floor), 2),
-                          "ratio": round(statistics.median(lat) / statistics.median(floor), 2)}
-        results["cold"] = cold
-        print(json.dumps({"cold": cold}), flush=True)
+        # 3. Cold full range at 1 h, resident (the summary job loaded it).
+        full = f"/v1/schedules/{sid}/bins?bin=3600"
+        lat = cold_ms(server.base, full, range(1, spec["cold_runs"] + 1))
+        emit(res, "cold_full_1h_resident", {"visbin_ms": median(lat), "floor_ms": median(all_floor),
+                                            "ratio": round(median(lat) / median(all_floor), 3)})
+        # 5. Cold 1-day window at 900 s, resident.
+        one_day = f"/v1/schedules/{sid}/bins?bin=900&start={day[0]}&end={day[1]}"
+        lat = cold_ms(server.base, one_day, range(1, spec["cold_runs"] + 1))
+        emit(res, "cold_1d_900s_resident", {"visbin_ms": median(lat), "floor_ms": median(day_floor),
+                                            "ratio": round(median(lat) / median(day_floor), 3)})
 
-        # 4. Tier-2 hit on a fresh replica, full year.
-        year_path = f"/v1/schedules/{sid}/bins?start={YEAR}&end={YEAR + 365 * DAY}&bin=900&origin=600"
-        _, _, _, r = request(conn, "GET", year_path)
-        time.sleep(3)  # the persisted tier is written asynchronously
-        replica = start_server(18081)
-        try:
-            c2 = http.client.HTTPConnection("127.0.0.1", 18081)
-            request(c2, "GET", f"/v1/schedules/{sid}")  # warm the replica's pool
-            ms, status, _, r = request(c2, "GET", year_path)
+        # 6. Warm 7-day window at 900 s vs nginx with the same bytes.
+        seven = f"/v1/schedules/{sid}/bins?bin=900&start={MID}&end={MID + 7 * DAY}"
+        root = os.path.join(workdir, f"www-{backend}-{size}")
+        os.makedirs(root, exist_ok=True)
+        warm = {}
+        for fmt in ("json", "columnar"):
+            _, status, body, _ = request(server.base, "GET", f"{seven}&format={fmt}")
             assert status == 200
-            results["tier2_replica_365d"] = {"x_cache": r.getheader("x-cache"), "visbin_ms": round(ms, 2),
-                                             "cold_365d_ms_median": cold["365d"]["visbin_ms_median"],
-                                             "ratio_to_cold": round(ms / cold["365d"]["visbin_ms_median"], 2)}
+            with open(os.path.join(root, f"{fmt}.json"), "wb") as f:
+                f.write(body)
+        nginx = Nginx(root, workdir)
+        try:
+            for fmt in ("json", "columnar"):
+                v = wrk_rps(f"{server.base}{seven}&format={fmt}", args.wrk_seconds, workdir)
+                n = wrk_rps(f"{nginx.base}/{fmt}.json", args.wrk_seconds, workdir)
+                warm[fmt] = {"visbin_rps": v["rps"], "nginx_rps": n["rps"], "ratio": round(v["rps"] / n["rps"], 3),
+                             "visbin_p99_ms": v["p99_ms"], "nginx_p99_ms": n["p99_ms"],
+                             "bytes": os.path.getsize(os.path.join(root, f"{fmt}.json")),
+                             "errors": v["errors"] + n["errors"]}
         finally:
-            replica.terminate()
-            replica.wait()
-        print(json.dumps({"tier2_replica_365d": results["tier2_replica_365d"]}), flush=True)
+            nginx.stop()
+        emit(res, "warm_7d_900s_vs_nginx", warm)
+
+        # 7. A persisted extent on a second replica (Postgres: shared tables).
+        year = f"/v1/schedules/{sid}/bins?bin=900&origin=600"
+        cold_year, status, _, _ = request(server.base, "GET", year)
+        assert status == 200
+        time.sleep(3)  # the persisted tier is written asynchronously
+        replica = Server(args.visbin, url, workdir, f"{backend}-{size}-replica")
+        try:
+            request(replica.base, "GET", f"/v1/schedules/{sid}")
+            ms, status, _, h = request(replica.base, "GET", year)
+            emit(res, "tier2_replica_full_900s", {"x_cache": h.get("x-cache"), "visbin_ms": round(ms, 2),
+                                                  "cold_ms": round(cold_year, 2), "ratio": round(ms / cold_year, 3)})
+        finally:
+            replica.stop()
     finally:
-        server.terminate()
-        server.wait()
-    print(json.dumps(results, indent=2))
+        server.stop()
+
+    # 4. First touch after a restart: nothing resident.
+    first = []
+    for k in range(spec["restarts"]):
+        s = Server(args.visbin, url, workdir, f"{backend}-{size}-restart")
+        try:
+            first += cold_ms(s.base, full, [1000 + k])
+        finally:
+            s.stop()
+    emit(res, "cold_full_1h_first_touch", {"visbin_ms": median(first), "floor_ms": median(all_floor),
+                                           "ratio": round(median(first) / median(all_floor), 3), "runs": len(first)})
+    # 5b. The resident tier off: every computation reads its window's chunks.
+    s = Server(args.visbin, url, workdir, f"{backend}-{size}-noresident", extra=["--period-cache-bytes", "0"])
+    try:
+        lat = cold_ms(s.base, one_day, range(2000, 2000 + spec["cold_runs"]))
+        emit(res, "cold_1d_900s_window_reads", {"visbin_ms": median(lat), "floor_ms": median(day_floor),
+                                                "ratio": round(median(lat) / median(day_floor), 3)})
+        lat = cold_ms(s.base, full, range(2000, 2000 + min(spec["cold_runs"], 5)))
+        emit(res, "cold_full_1h_window_reads", {"visbin_ms": median(lat), "floor_ms": median(all_floor),
+                                                "ratio": round(median(lat) / median(all_floor), 3)})
+    finally:
+        s.stop()
+    if backend == "postgres" and not args.keep:
+        pg.drop(dbname)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="reference")
+    ap.add_argument("--backends", default="postgres,sqlite")
+    ap.add_argument("--visbin", default=os.environ.get("VISBIN", os.path.join(ROOT, "target", "release", "visbin")))
+    ap.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
+    ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--workdir", help="keep generated files here (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the Postgres database")
+    args = ap.parse_args()
+    pg = Pg(args.pg_url)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="visbin-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    spec = SIZES[args.size]
+    data = os.path.join(workdir, f"{args.size}.{spec['format']}")
+    if not os.path.exists(data):
+        log(f"generating {data}")
+        subprocess.run([args.visbin, "gen", *spec["gen"], "--format", spec["format"], "--output", data], check=True)
+    tsv = os.path.join(workdir, f"{args.size}.tsv")
+    log("writing the plain table's rows")
+    periods, max_len = rows_of(data, spec["format"], tsv)
+    results = []
+    for backend in args.backends.split(","):
+        log(f"{backend}: measuring")
+        results.append(measure(args, backend, args.size, data, tsv, periods, max_len, workdir, pg))
+    print(json.dumps({"machine_nproc": os.cpu_count(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
