@@ -21,6 +21,10 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Write a synthetic schedule in the upload format to stdout or a file.
     Gen(crate::gen::GenConfig),
+    /// Upload a schedule file (JSON or NDJSON) to a server; prints its id.
+    Upload(crate::cli::UploadArgs),
+    /// Ask a server for a schedule's bins; writes the answer to stdout.
+    Bins(crate::cli::BinsArgs),
 }
 
 /// Where the data lives.

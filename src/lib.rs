@@ -27,10 +27,12 @@
 //! - [`metrics`]: the Prometheus registry and every metric.
 //! - [`app`]: builds the server from a config and a listener.
 //! - [`gen`]: the synthetic schedule generator (`visbin gen`).
+//! - [`cli`]: the command-line client (`visbin upload`, `visbin bins`).
 
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod gen;

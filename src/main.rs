@@ -35,8 +35,27 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Gen(config) => visbin::gen::run(&config)?,
+        Command::Upload(args) => refusal_exits(visbin::cli::upload(&args).await),
+        Command::Bins(args) => refusal_exits(visbin::cli::bins(&args).await),
     }
     Ok(())
+}
+
+/// Ends the process: a server's refusal prints its `detail` (exit 1), any
+/// other error its cause chain (exit 2).
+fn refusal_exits(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        match e.downcast_ref::<visbin::cli::Refused>() {
+            Some(r) => {
+                eprintln!("visbin: refused ({}): {}", r.status, r.detail);
+                std::process::exit(1);
+            }
+            None => {
+                eprintln!("visbin: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
 }
 
 /// Hides a password in a database URL before logging it.

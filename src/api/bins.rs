@@ -3,6 +3,7 @@
 //! ask the query service, write the answer with its headers.
 
 use super::error::ApiError;
+use super::negotiate::{held_tags, respond};
 use super::params::Params;
 use super::AppState;
 use crate::query::{Answer, BinQuery, Format, HistogramQuery};
@@ -43,9 +44,10 @@ pub async fn bins(
         origin: p.instant("origin")?.unwrap_or(0),
         filter: p.filter()?,
         format: format(&p)?,
+        holds: holds(&req),
     };
     let answer = state.query.bins(path.into_inner(), &query).await?;
-    Ok(respond(answer))
+    Ok(answer_response(&req, answer).await)
 }
 
 /// The TSI-compatible histogram.
@@ -59,9 +61,10 @@ pub async fn histogram(
         bin_minutes: p.positive("bin_duration_minutes")?,
         num_bins: p.positive("num_bins")?.unwrap_or(50),
         filter: p.filter()?,
+        holds: holds(&req),
     };
     let answer = state.query.histogram(path.into_inner(), &query).await?;
-    Ok(respond(answer))
+    Ok(answer_response(&req, answer).await)
 }
 
 /// `format` (default `json`).
@@ -77,20 +80,26 @@ fn format(p: &Params) -> Result<Format, ApiError> {
     }
 }
 
-/// The answer's bytes with `X-Cache` and `Server-Timing`.
-fn respond(a: Answer) -> HttpResponse {
+/// The opaque parts of the tags the client holds.
+fn holds(req: &HttpRequest) -> Vec<String> {
+    held_tags(req)
+        .into_iter()
+        .map(|(_, opaque)| opaque)
+        .collect()
+}
+
+/// The answer (or a `304`) with `X-Cache` and `Server-Timing`.
+async fn answer_response(req: &HttpRequest, a: Answer) -> HttpResponse {
     let t = a.timing;
-    HttpResponse::Ok()
-        .content_type(a.content_type)
-        .insert_header(("X-Cache", a.cache.as_str()))
-        .insert_header((
-            "Server-Timing",
-            format!(
-                "cache;dur={:.3}, store;dur={:.3}, compute;dur={:.3}",
-                t.cache.as_secs_f64() * 1e3,
-                t.store.as_secs_f64() * 1e3,
-                t.compute.as_secs_f64() * 1e3
-            ),
-        ))
-        .body(a.body)
+    let timing = format!(
+        "cache;dur={:.3}, store;dur={:.3}, compute;dur={:.3}",
+        t.cache.as_secs_f64() * 1e3,
+        t.store.as_secs_f64() * 1e3,
+        t.compute.as_secs_f64() * 1e3
+    );
+    respond(req, a.body.as_ref(), &a.tag, |r| {
+        r.insert_header(("X-Cache", a.cache.as_str()))
+            .insert_header(("Server-Timing", timing));
+    })
+    .await
 }

@@ -3,8 +3,10 @@
 //! knows actix; handlers parse, delegate to `query` (reads), `ingest`
 //! (uploads, appends) or `store` (plain rows), and format.
 
+mod assets;
 mod bins;
 pub mod error;
+mod negotiate;
 mod params;
 mod schedules;
 
@@ -58,6 +60,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(bins::histogram),
         )
         .route("/v1/jobs/{id}", web::get().to(schedules::job))
+        .route("/", web::get().to(assets::index))
+        .route("/assets/{name}", web::get().to(assets::file))
         .app_data(web::PathConfig::default().error_handler(|e, _| {
             ApiError::bad_request(
                 "invalid_parameter",
@@ -71,7 +75,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Every route template, for the `route` label.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 12] = [
+    "/",
+    "/assets/{name}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -99,7 +105,7 @@ fn route_template(path: &str) -> &'static str {
             loop {
                 match (a.next(), b.next()) {
                     (None, None) => return true,
-                    (Some("{id}"), Some(seg)) if !seg.is_empty() => {}
+                    (Some(t), Some(seg)) if t.starts_with('{') && !seg.is_empty() => {}
                     (Some(x), Some(y)) if x == y => {}
                     _ => return false,
                 }
@@ -257,6 +263,8 @@ mod tests {
         assert_eq!(route_template("/v1/schedules//bins"), "unmatched");
         assert_eq!(route_template("/v1/schedules/7/bins/extra"), "unmatched");
         assert_eq!(route_template("/nope/1"), "unmatched");
-        assert_eq!(route_template("/"), "unmatched");
+        assert_eq!(route_template("/"), "/");
+        assert_eq!(route_template("/assets/viewer.js"), "/assets/{name}");
+        assert_eq!(route_template("/assets/"), "unmatched");
     }
 }

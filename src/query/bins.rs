@@ -57,6 +57,9 @@ pub struct BinQuery {
     pub origin: i64,
     pub filter: Filter,
     pub format: Format,
+    /// Opaque parts of the entity tags of answers the caller holds
+    /// (`If-None-Match`): a matching answer is not built again.
+    pub holds: Vec<String>,
 }
 
 /// What a gap-filling flight returns to every waiter.
@@ -142,14 +145,21 @@ impl QueryService {
             )
             .into();
             let looked_up = Instant::now();
-            if let Some(body) = self.responses.get(&response_key) {
+            let tag = tag_of(response_key.as_bytes());
+            let held = q.holds.iter().any(|h| **h == *tag || h == "*");
+            let cached = if held {
+                None
+            } else {
+                self.responses.get(&response_key)
+            };
+            if held || cached.is_some() {
                 self.metrics
                     .bins_served
                     .with_label_values(&["memory"])
                     .inc_by(bins.len() as u64);
                 return Ok(Answer {
-                    body,
-                    content_type: q.format.content_type(),
+                    body: cached,
+                    tag,
                     cache: CacheOutcome::Hit,
                     timing: Timing {
                         store: head_read,
@@ -177,18 +187,19 @@ impl QueryService {
                 origin: q.origin,
             };
             let t = Instant::now();
-            let body = bytes::Bytes::from(match q.format {
+            let bytes = bytes::Bytes::from(match q.format {
                 Format::Json => encode::json(&env, &grid, &computed.counts),
                 Format::Columnar => encode::columnar(&env, &grid, &computed.counts),
                 Format::Csv => encode::csv(&grid, &computed.counts),
             });
+            let body = Encoded::new(bytes, q.format.content_type(), tag.clone());
             self.responses.insert(response_key, body.clone());
             let mut timing = computed.timing;
             timing.store += head_read;
             timing.cache += t.elapsed();
             return Ok(Answer {
-                body,
-                content_type: q.format.content_type(),
+                body: Some(body),
+                tag,
                 cache: computed.outcome,
                 timing,
                 version: computed.head.version,

@@ -16,6 +16,8 @@ pub struct HistogramQuery {
     /// `num_bins` (default 50).
     pub num_bins: i64,
     pub filter: Filter,
+    /// Opaque parts of the entity tags of answers the caller holds.
+    pub holds: Vec<String>,
 }
 
 impl QueryService {
@@ -29,10 +31,10 @@ impl QueryService {
         let mut head = self.head(id).await?;
         for _ in 0..MAX_VERSION_MOVES {
             let (Some(s), Some(e)) = (head.range_start, head.range_end) else {
-                return Ok(empty(head.version));
+                return Ok(empty(id, head.version, &q.holds));
             };
             if s >= e {
-                return Ok(empty(head.version));
+                return Ok(empty(id, head.version, &q.holds));
             }
             let d = match q.bin_minutes {
                 Some(m) => m.checked_mul(60).ok_or_else(|| {
@@ -46,10 +48,17 @@ impl QueryService {
             let key = crate::cache::CacheKey::new(id, &grid, &q.filter);
             let response_key: Arc<str> =
                 format!("histogram|{}|{s}|{e}|{d}|{}", head.version, key.text).into();
-            if let Some(body) = self.responses.get(&response_key) {
+            let tag = tag_of(response_key.as_bytes());
+            let held = q.holds.iter().any(|h| **h == *tag || h == "*");
+            let cached = if held {
+                None
+            } else {
+                self.responses.get(&response_key)
+            };
+            if held || cached.is_some() {
                 return Ok(Answer {
-                    body,
-                    content_type: "application/json",
+                    body: cached,
+                    tag,
                     cache: CacheOutcome::Hit,
                     timing: Timing {
                         cache: started.elapsed(),
@@ -98,11 +107,15 @@ impl QueryService {
                     (a, (a + d).min(e), counts.columns[0][i as usize])
                 })
                 .collect();
-            let body = bytes::Bytes::from(encode::histogram(&rows));
+            let body = Encoded::new(
+                bytes::Bytes::from(encode::histogram(&rows)),
+                "application/json",
+                tag.clone(),
+            );
             self.responses.insert(response_key, body.clone());
             return Ok(Answer {
-                body,
-                content_type: "application/json",
+                body: Some(body),
+                tag,
                 cache: CacheOutcome::Miss,
                 timing: Timing {
                     cache: Duration::ZERO,
@@ -119,10 +132,18 @@ impl QueryService {
 }
 
 /// The histogram of a schedule without a range: an empty list.
-fn empty(version: i64) -> Answer {
+fn empty(id: i64, version: i64, holds: &[String]) -> Answer {
+    let tag = tag_of(format!("histogram|{version}|empty|schedule={id}|"));
+    let held = holds.iter().any(|h| **h == *tag || h == "*");
     Answer {
-        body: bytes::Bytes::from_static(b"[]"),
-        content_type: "application/json",
+        body: (!held).then(|| {
+            Encoded::new(
+                bytes::Bytes::from_static(b"[]"),
+                "application/json",
+                tag.clone(),
+            )
+        }),
+        tag,
         cache: CacheOutcome::Hit,
         timing: Timing::default(),
         version,

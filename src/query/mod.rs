@@ -21,6 +21,7 @@ mod tables;
 
 pub use bins::{BinQuery, Format};
 pub use histogram::HistogramQuery;
+pub use responses::{tag_of, Coding, Encoded};
 
 use crate::cache::flight::Flights;
 use crate::cache::{MemoryTier, PersistWriter};
@@ -122,8 +123,12 @@ pub struct Timing {
 /// A serialized answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    pub body: bytes::Bytes,
-    pub content_type: &'static str,
+    /// The answer; `None` when the caller said it holds the answer with
+    /// this tag already (a revalidation: nothing was read or computed).
+    pub body: Option<Arc<Encoded>>,
+    /// The opaque part of the answer's entity tag: it changes whenever the
+    /// answer could (schedule version, normalised request).
+    pub tag: Arc<str>,
     pub cache: CacheOutcome,
     pub timing: Timing,
     /// The schedule version the answer is of.
