@@ -221,6 +221,23 @@ def measure(args, backend, size, data, tsv, periods, max_len, workdir, pg):
             nginx.stop()
         emit(res, "warm_7d_900s_vs_nginx", warm)
 
+        # 6b. Compression of a full-year answer at 900 s: sizes, the first
+        # request of each coding (which compresses) and the next (cached).
+        comp = {}
+        for fmt in ("json", "columnar"):
+            year900 = f"/v1/schedules/{sid}/bins?bin=900&format={fmt}"
+            ms, _, body, _ = request(server.base, "GET", year900)
+            row = {"identity_bytes": len(body), "identity_first_ms": round(ms, 2),
+                   "identity_next_ms": round(request(server.base, "GET", year900)[0], 2)}
+            for coding in ("gzip", "br", "zstd"):
+                first, _, cbody, h = request(server.base, "GET", year900, headers={"Accept-Encoding": coding})
+                assert h.get("content-encoding") == coding, h
+                nxt = min(request(server.base, "GET", year900, headers={"Accept-Encoding": coding})[0] for _ in range(3))
+                row[coding] = {"bytes": len(cbody), "ratio": round(len(cbody) / len(body), 3),
+                               "first_ms": round(first, 2), "next_ms": round(nxt, 2)}
+            comp[fmt] = row
+        emit(res, "compression_full_900s", comp)
+
         # 7. A persisted extent on a second replica (Postgres: shared tables).
         year = f"/v1/schedules/{sid}/bins?bin=900&origin=600"
         cold_year, status, _, _ = request(server.base, "GET", year)
