@@ -14,10 +14,6 @@ use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-/// Budget of the block tables the read path keeps (identity, priority and
-/// flag per block, ~64 bytes each: a million blocks).
-const BLOCK_TABLE_BYTES: u64 = 64 * 1024 * 1024;
-
 /// A built, not yet running, server.
 pub struct Application {
     server: Server,
@@ -63,7 +59,7 @@ impl Application {
                 extent_bytes: config.cache_bytes - response_bytes,
                 response_bytes,
                 period_bytes: config.period_cache_bytes,
-                block_bytes: BLOCK_TABLE_BYTES,
+                block_bytes: config.block_cache_bytes,
                 write_queue: config.cache_write_queue,
             },
         );

@@ -70,6 +70,11 @@ pub struct ServeConfig {
     #[arg(long, env = "VISBIN_PERIOD_CACHE_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub period_cache_bytes: u64,
 
+    /// Byte budget of the block tables the read path keeps (identity,
+    /// priority and flag per block, ~64 bytes each).
+    #[arg(long, env = "VISBIN_BLOCK_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub block_cache_bytes: u64,
+
     /// Most bins one range query may ask for; more is refused with a width
     /// that fits.
     #[arg(long, env = "VISBIN_MAX_BINS", default_value_t = 200_000)]

@@ -582,3 +582,84 @@ async fn json_columnar_and_csv_carry_the_same_numbers() {
     }
     app.stop().await;
 }
+
+/// Long periods (days) and instants before 1970 reach the windows they
+/// overlap on every period path: resident copies, and window reads whose
+/// lower bound on chunk starts is the longest period.
+async fn long_and_early_periods(backend: Backend, resident: Resident) {
+    let db = TestDb::new(backend).await;
+    let flags: &[&str] = match resident {
+        Resident::Off => &["--period-cache-bytes", "0"],
+        _ => &[],
+    };
+    let app = TestApp::start(&db, flags).await;
+    let blocks = vec![
+        OBlock {
+            identity: "around-1970".into(),
+            priority: 1.0,
+            scheduled: false,
+            periods: vec![(-5 * DAY + 17, 3 * DAY - 5)],
+        },
+        OBlock {
+            identity: "before-1970".into(),
+            priority: 2.0,
+            scheduled: true,
+            periods: vec![
+                (-100, 50),
+                (-2 * DAY - 30, -2 * DAY + 30),
+                (2 * DAY, 2 * DAY + 60),
+            ],
+        },
+        OBlock {
+            identity: "a-week".into(),
+            priority: 3.0,
+            scheduled: false,
+            periods: vec![(T0 - 6 * DAY - 11, T0 + DAY + 7)],
+        },
+        OBlock {
+            identity: "short".into(),
+            priority: 4.0,
+            scheduled: false,
+            periods: vec![(T0 - 60, T0 + 60), (T0 + 3 * DAY, T0 + 3 * DAY + 900)],
+        },
+    ];
+    let doc =
+        json!({"name": "long and early", "blocks": blocks.iter().map(to_json).collect::<Vec<_>>()});
+    let up = app.upload(&doc).await;
+    let id = up["schedule_id"].as_i64().unwrap();
+    app.wait_job(up["job_id"].as_i64().unwrap()).await;
+    for (start, days) in [
+        (-DAY, 2),
+        (-3 * DAY, 1),
+        (T0 - DAY, 1),
+        (T0 - 5 * DAY, 1),
+        (T0, 4),
+    ] {
+        for width in [600, 3600, DAY] {
+            let n = (days * DAY / width) as usize;
+            let r = app
+                .get(&format!(
+                    "/v1/schedules/{id}/bins?bin={width}&start={start}&end={}",
+                    start + days * DAY
+                ))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let got = parse_answer("json", &r.text);
+            let want = oracle::bins(&blocks, &OFilter::default(), start, width, n);
+            assert_eq!(
+                got.counts, want,
+                "{backend:?} {resident:?}: start {start}, {days} d at {width} s"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_periods_and_instants_before_1970_reach_their_windows() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        for resident in [Resident::On, Resident::Off] {
+            long_and_early_periods(backend, resident).await;
+        }
+    }
+}

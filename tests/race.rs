@@ -58,6 +58,9 @@ struct Read {
     status: u16,
     computed: bool,
     what: String,
+    /// The version the answer says its bins are of, and the answer.
+    version: Option<usize>,
+    body: String,
 }
 
 async fn race(backend: Backend) {
@@ -113,6 +116,12 @@ async fn race(backend: Backend) {
                     finished: Instant::now(),
                     status: r.status,
                     computed,
+                    version: r.header("x-schedule-version").parse().ok(),
+                    body: if what.contains("start=") {
+                        r.text
+                    } else {
+                        String::new()
+                    },
                     what,
                 });
             }
@@ -123,6 +132,9 @@ async fn race(backend: Backend) {
     // priorities outside the range so far (every quartile moves).
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
     let mut acks = Vec::new();
+    // The number of blocks at each version: version v holds the first
+    // `blocks_at[v]` of `blocks`.
+    let mut blocks_at = vec![0, blocks.len()];
     let mut last_job = 0;
     for i in 0..APPENDS {
         let add: Vec<OBlock> = (0..rng.gen_range(1..4))
@@ -157,6 +169,7 @@ async fn race(backend: Backend) {
         acks.push(Instant::now());
         last_job = r.json()["job_id"].as_i64().unwrap();
         blocks.extend(add);
+        blocks_at.push(blocks.len());
         // Let the readers start new computations between appends.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -187,6 +200,40 @@ async fn race(backend: Backend) {
         overlapped >= 3,
         "only {overlapped} computations overlapped an append"
     );
+    // Answers made while appends landed are those of the version they
+    // name: the 7-day window of a sample of them against the oracle of
+    // exactly that version.
+    let windowed: Vec<&Read> = reads.iter().filter(|r| !r.body.is_empty()).collect();
+    let versions: std::collections::BTreeSet<usize> =
+        windowed.iter().filter_map(|r| r.version).collect();
+    assert!(
+        versions.len() >= 3,
+        "answers of only {versions:?} during the race"
+    );
+    for r in windowed.iter().step_by((windowed.len() / 12).max(1)) {
+        let v = r.version.expect("a bins answer names its version");
+        let at_v = &blocks[..blocks_at[v]];
+        let origin: i64 = r
+            .what
+            .split("origin=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got = parse_answer("json", &r.body);
+        let want = oracle::bins(
+            at_v,
+            &OFilter::default(),
+            got.start_unix,
+            900,
+            got.counts.len(),
+        );
+        assert_eq!(got.start_unix.rem_euclid(900), origin.rem_euclid(900));
+        assert_eq!(got.counts, want, "{} answered as version {v}", r.what);
+    }
 
     // Appends past eight version groups compact in the background: the
     // reads raced compactions too.
@@ -258,6 +305,8 @@ async fn race(backend: Backend) {
         .await
         .json();
     let d = ((end - start) / 40).max(1);
+    let n = ((end - start) + d - 1) / d;
+    assert_eq!(hist.as_array().unwrap().len() as i64, n);
     for (i, bin) in hist.as_array().unwrap().iter().enumerate() {
         let bs = start + i as i64 * d;
         let be = (bs + d).min(end);

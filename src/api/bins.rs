@@ -88,7 +88,8 @@ fn holds(req: &HttpRequest) -> Vec<String> {
         .collect()
 }
 
-/// The answer (or a `304`) with `X-Cache` and `Server-Timing`.
+/// The answer (or a `304`) with `X-Cache`, `X-Schedule-Version` (the
+/// version the bins are of) and `Server-Timing`.
 async fn answer_response(req: &HttpRequest, a: Answer) -> HttpResponse {
     let t = a.timing;
     let timing = format!(
@@ -99,6 +100,7 @@ async fn answer_response(req: &HttpRequest, a: Answer) -> HttpResponse {
     );
     respond(req, a.body.as_ref(), &a.tag, |r| {
         r.insert_header(("X-Cache", a.cache.as_str()))
+            .insert_header(("X-Schedule-Version", a.version.to_string()))
             .insert_header(("Server-Timing", timing));
     })
     .await

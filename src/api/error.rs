@@ -10,6 +10,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use std::fmt;
 
+/// Seconds a `503` asks the client to wait: the database coming back or a
+/// computation slot freeing takes about that long.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
 /// An error answered to an HTTP client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -90,9 +94,13 @@ impl ResponseError for ApiError {
             "detail": self.detail,
             "code": self.code,
         });
-        HttpResponse::build(self.status)
-            .content_type("application/problem+json")
-            .body(body.to_string())
+        let mut r = HttpResponse::build(self.status);
+        r.content_type("application/problem+json");
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 says when to come back (DESIGN §5).
+            r.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
+        }
+        r.body(body.to_string())
     }
 }
 
@@ -138,6 +146,9 @@ impl From<QueryError> for ApiError {
                 StoreError::Unavailable(_) => ApiError::unavailable(anyhow::anyhow!("{s}")),
                 _ => ApiError::internal(anyhow::anyhow!("{s}")),
             },
+            QueryError::Busy(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
             QueryError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
         }
     }
@@ -172,6 +183,13 @@ impl From<IngestError> for ApiError {
             }
             IngestError::IdentityExists(id) => identity_exists(&id),
             IngestError::Store(s) => s.into(),
+            IngestError::Spool(m) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                detail: "the server could not buffer the upload; retry shortly; nothing was stored"
+                    .into(),
+                cause: Some(anyhow::anyhow!(m)),
+            },
             IngestError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
         }
     }

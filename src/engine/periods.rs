@@ -103,13 +103,6 @@ impl PeriodColumns {
         self.starts.capacity() * 8 + self.ends.capacity() * 8 + self.blocks.capacity() * 4
     }
 
-    /// Gives back spare capacity.
-    pub fn shrink_to_fit(&mut self) {
-        self.starts.shrink_to_fit();
-        self.ends.shrink_to_fit();
-        self.blocks.shrink_to_fit();
-    }
-
     /// Index range of the periods that may meet `[from, to)`: every period
     /// with `start < to` and `start > from - max_len`. Periods in the range
     /// may still end before `from`; the counter skips those.

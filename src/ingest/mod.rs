@@ -57,6 +57,10 @@ pub enum IngestError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The packer's temporary file failed (a full disk): nothing is wrong
+    /// with the body, and retrying later may succeed.
+    #[error("buffering the periods failed: {0}")]
+    Spool(String),
     /// A parsing task failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -117,7 +121,7 @@ impl Accumulator {
     }
 
     /// Takes the next blocks (their indices follow those taken so far).
-    fn add(&mut self, blocks: Vec<Block>) -> Result<(), InvalidUpload> {
+    fn add(&mut self, blocks: Vec<Block>) -> Result<(), Refused> {
         for b in blocks {
             let index = self.blocks.len();
             let relative = u32::try_from(index)
@@ -130,7 +134,8 @@ impl Accumulator {
                 return Err(InvalidUpload::new(format!(
                     "block #{index} (\"{}\"): duplicate identity; an earlier block has the same",
                     b.identity
-                )));
+                ))
+                .into());
             }
             self.stats.add(&b);
             for &(s, e) in &b.periods {
@@ -138,7 +143,7 @@ impl Accumulator {
             }
             self.packer
                 .add(relative, &b.periods)
-                .map_err(spool_failed)?;
+                .map_err(Refused::Spool)?;
             self.blocks.push(BlockMeta {
                 period_count: b.periods.len() as i64,
                 identity: b.identity,
@@ -148,17 +153,30 @@ impl Accumulator {
         }
         // Pack this batch now: what waits for the end of the body stays
         // packed.
-        self.packer.seal().map_err(spool_failed)?;
+        self.packer.seal().map_err(Refused::Spool)?;
         Ok(())
     }
 }
 
-/// The packer's spool file failed: report it as a refusal to store, not a
-/// bad body.
-fn spool_failed(e: std::io::Error) -> InvalidUpload {
-    InvalidUpload::new(format!(
-        "the server could not buffer the periods ({e}); retry later"
-    ))
+/// Why a batch could not be taken: a bad block, or the spool file failed.
+enum Refused {
+    Invalid(InvalidUpload),
+    Spool(std::io::Error),
+}
+
+impl From<InvalidUpload> for Refused {
+    fn from(e: InvalidUpload) -> Refused {
+        Refused::Invalid(e)
+    }
+}
+
+impl From<Refused> for IngestError {
+    fn from(r: Refused) -> IngestError {
+        match r {
+            Refused::Invalid(e) => IngestError::Invalid(e),
+            Refused::Spool(e) => IngestError::Spool(e.to_string()),
+        }
+    }
 }
 
 /// A body parsed and packed.
@@ -355,6 +373,8 @@ impl IngestService {
 
     /// Starts a compaction check in the background (one per schedule at a
     /// time on this replica; a concurrent one elsewhere makes ours a no-op).
+    /// Appends that arrive while it runs join it, so it checks again until
+    /// nothing is left to merge (a few rounds at most).
     fn compact_behind(&self, id: i64) {
         let (store, metrics, flights) = (
             self.store.clone(),
@@ -365,13 +385,18 @@ impl IngestService {
             flights
                 .run(id, move || {
                     async move {
-                        match compact_stored(store.as_ref(), id, MAX_GROUPS).await {
-                            Ok(Some(c)) => {
-                                metrics.compactions.with_label_values(&["store"]).inc();
-                                tracing::info!(schedule_id = id, groups = c.groups, periods = c.periods, "compacted period chunks");
+                        for _ in 0..4 {
+                            match compact_stored(store.as_ref(), id, MAX_GROUPS).await {
+                                Ok(Some(c)) => {
+                                    metrics.compactions.with_label_values(&["store"]).inc();
+                                    tracing::info!(schedule_id = id, groups = c.groups, periods = c.periods, "compacted period chunks");
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::warn!(schedule_id = id, error = %e, "compacting period chunks failed");
+                                    break;
+                                }
                             }
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(schedule_id = id, error = %e, "compacting period chunks failed"),
                         }
                     }
                     .boxed()
@@ -416,7 +441,7 @@ impl IngestService {
             let mut acc = Accumulator::new();
             acc.stats.empty_periods_dropped = doc.empty_periods_dropped;
             acc.add(doc.blocks)?;
-            Ok::<_, InvalidUpload>((doc.header, acc))
+            Ok::<_, Refused>((doc.header, acc))
         })
         .await
         .map_err(task_failed)??;
@@ -439,8 +464,9 @@ impl IngestService {
             let (parsed, back) = tokio::task::spawn_blocking(move || {
                 let mut acc = acc;
                 let first_block = acc.blocks.len();
-                let parsed =
-                    parse_ndjson_chunk(&chunk, line, first_block, want_header).and_then(|p| {
+                let parsed = parse_ndjson_chunk(&chunk, line, first_block, want_header)
+                    .map_err(Refused::from)
+                    .and_then(|p| {
                         let (h, lines, dropped) = (p.header, p.lines, p.empty_periods_dropped);
                         acc.add(p.blocks).map(|_| (h, lines, dropped))
                     });

@@ -87,6 +87,9 @@ impl Jobs {
         self.store
             .job_progress(job.id, 0.0, "loading periods")
             .await?;
+        // The job covers the whole range: load the periods once up front
+        // rather than reading windows while a load runs behind.
+        self.query.preload(&head).await?;
         let head = Arc::new(head);
         let summary = match self.range_bins(&job, &head).await? {
             Some(counts) => self.query.summary(&head, counts.as_ref()).await?,

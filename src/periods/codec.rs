@@ -49,6 +49,10 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     loop {
         let b = *buf.get(*pos)?;
         *pos += 1;
+        // The tenth byte holds the 64th bit only: anything more overflows.
+        if shift == 63 && b > 1 {
+            return None;
+        }
         v |= u64::from(b & 0x7f) << shift;
         if b < 0x80 {
             return Some(v);
@@ -148,37 +152,49 @@ pub fn decode_to(
     Ok(())
 }
 
-/// One chunk to decode: its start, block base, period count and payload.
-pub type ChunkRef<'a> = (i64, i64, usize, &'a [u8]);
+/// One stored chunk to decode, with what its row says of it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRef<'a> {
+    pub chunk_start: i64,
+    pub block_base: i64,
+    pub period_count: usize,
+    /// The row's latest end: window reads skip rows by it, so a payload
+    /// whose periods end later is refused.
+    pub max_end: i64,
+    pub payload: &'a [u8],
+}
 
 /// A chunk and the slices of the output its periods go to.
-type Part<'a> = (
-    i64,
-    i64,
-    &'a [u8],
-    &'a mut [i64],
-    &'a mut [i64],
-    &'a mut [u32],
-);
+type Part<'a> = (ChunkRef<'a>, &'a mut [i64], &'a mut [i64], &'a mut [u32]);
 
 /// Decodes chunks given in start order into one start-sorted set of
 /// columns, many chunks in parallel (each into its own slice of the
 /// output, whose offsets the period counts give).
 pub fn decode_all(chunks: &[ChunkRef<'_>]) -> Result<PeriodColumns, CorruptChunk> {
-    let total: usize = chunks.iter().map(|c| c.2).sum();
+    let total: usize = chunks.iter().map(|c| c.period_count).sum();
     let mut starts = vec![0i64; total];
     let mut ends = vec![0i64; total];
     let mut blocks = vec![0u32; total];
     let mut parts = Vec::with_capacity(chunks.len());
     let (mut s, mut e, mut b) = (&mut starts[..], &mut ends[..], &mut blocks[..]);
-    for &(chunk_start, base, n, payload) in chunks {
+    for &c in chunks {
+        let n = c.period_count;
         let (s1, s2) = s.split_at_mut(n);
         let (e1, e2) = e.split_at_mut(n);
         let (b1, b2) = b.split_at_mut(n);
-        parts.push((chunk_start, base, payload, s1, e1, b1));
+        parts.push((c, s1, e1, b1));
         (s, e, b) = (s2, e2, b2);
     }
-    let run = |(c, base, payload, s, e, b): Part<'_>| decode_to(c, base, payload, s, e, b);
+    let run = |(c, s, e, b): Part<'_>| {
+        decode_to(c.chunk_start, c.block_base, c.payload, s, e, b)?;
+        if e.iter().any(|&end| end > c.max_end) {
+            return Err(CorruptChunk {
+                chunk_start: c.chunk_start,
+                reason: "a period ends after the row's max end",
+            });
+        }
+        Ok(())
+    };
     // Below ~64k periods one thread decodes faster than waking others.
     if total < 65_536 {
         parts.into_iter().try_for_each(run)?;
@@ -187,9 +203,12 @@ pub fn decode_all(chunks: &[ChunkRef<'_>]) -> Result<PeriodColumns, CorruptChunk
     }
     // Chunks cover disjoint spans; given in start order, their
     // concatenation is sorted. Check that rather than trust the caller.
-    if chunks.windows(2).any(|w| w[0].0 >= w[1].0) {
+    if chunks
+        .windows(2)
+        .any(|w| w[0].chunk_start >= w[1].chunk_start)
+    {
         return Err(CorruptChunk {
-            chunk_start: chunks[0].0,
+            chunk_start: chunks[0].chunk_start,
             reason: "chunks out of order",
         });
     }
@@ -201,8 +220,18 @@ mod tests {
     use super::*;
     use crate::model::CHUNK_SPAN;
 
+    fn chunk_ref(c: &PackedChunk, block_base: i64) -> ChunkRef<'_> {
+        ChunkRef {
+            chunk_start: c.chunk_start,
+            block_base,
+            period_count: c.period_count as usize,
+            max_end: c.max_end,
+            payload: &c.payload,
+        }
+    }
+
     fn decode(c: &PackedChunk, base: i64) -> Result<PeriodColumns, CorruptChunk> {
-        decode_all(&[(c.chunk_start, base, c.period_count as usize, &c.payload)])
+        decode_all(&[chunk_ref(c, base)])
     }
 
     fn decode_raw(chunk_start: i64, n: usize, payload: &[u8]) -> Result<(), CorruptChunk> {
@@ -278,10 +307,15 @@ mod tests {
         // Chunks given out of order.
         let a = encode(0, &[(5, 6, 0)]);
         let b = encode(CHUNK_SPAN, &[(CHUNK_SPAN, CHUNK_SPAN + 1, 0)]);
-        let refs = [
-            (CHUNK_SPAN, 0, 1, &b.payload[..]),
-            (0, 0, 1, &a.payload[..]),
-        ];
-        assert!(decode_all(&refs).is_err());
+        assert!(decode_all(&[chunk_ref(&b, 0), chunk_ref(&a, 0)]).is_err());
+        // A row whose max end says less than its periods do.
+        let mut short = chunk_ref(&a, 0);
+        short.max_end = 5;
+        assert!(decode_all(&[short]).is_err());
+        // A varint overflowing 64 bits.
+        let mut huge = vec![FORMAT];
+        huge.extend([0xff; 9]);
+        huge.push(0x02);
+        assert!(get_varint(&huge[1..], &mut 0).is_none());
     }
 }

@@ -159,7 +159,14 @@ mod tests {
         ];
         let merged = merge_rows(&rows, 10).unwrap();
         assert_eq!(merged.len(), 2);
-        let p = codec::decode_all(&[(0, 10, 3, &merged[0].payload)]).unwrap();
+        let p = codec::decode_all(&[codec::ChunkRef {
+            chunk_start: 0,
+            block_base: 10,
+            period_count: 3,
+            max_end: merged[0].max_end,
+            payload: &merged[0].payload,
+        }])
+        .unwrap();
         assert_eq!(p.starts(), &[1, 5, 7]);
         assert_eq!(p.blocks(), &[11, 10, 12]);
     }

@@ -98,13 +98,12 @@ fn decode_groups(rows: &[ChunkRow]) -> Result<Vec<Arc<Segment>>, CorruptChunk> {
         let j = i + rows[i..].iter().take_while(|r| r.group == group).count();
         let refs: Vec<ChunkRef<'_>> = rows[i..j]
             .iter()
-            .map(|r| {
-                (
-                    r.chunk.chunk_start,
-                    r.block_base,
-                    r.chunk.period_count.max(0) as usize,
-                    r.chunk.payload.as_slice(),
-                )
+            .map(|r| ChunkRef {
+                chunk_start: r.chunk.chunk_start,
+                block_base: r.block_base,
+                period_count: r.chunk.period_count.max(0) as usize,
+                max_end: r.chunk.max_end,
+                payload: r.chunk.payload.as_slice(),
             })
             .collect();
         if out
@@ -133,15 +132,29 @@ impl PeriodSet {
         })
     }
 
-    /// This set extended by the rows of the versions after it (read with
-    /// `ChunkSelect::After(self.version())`); `None` when a compaction
-    /// merged groups across this set's version meanwhile, so only a full
-    /// load can say what is stored now.
+    /// This set brought up to `delta.head`, where `delta` holds the rows of
+    /// every group ending after this set's version (read with
+    /// `ChunkSelect::After(self.version())`). Usually those groups are all
+    /// newer and simply follow. When a compaction merged versions this set
+    /// holds into a newer group, that group replaces the segments it
+    /// covers; `None` when a segment of this set straddles the merged
+    /// group's start (merged in memory differently: only a full load can
+    /// say what is stored then).
     pub fn extended(&self, delta: &ChunkSnapshot) -> Result<Option<PeriodSet>, CorruptChunk> {
-        if delta.rows.iter().any(|r| r.group.first <= self.version()) {
-            return Ok(None);
+        let from = delta
+            .rows
+            .iter()
+            .map(|r| r.group.first)
+            .min()
+            .unwrap_or(i64::MAX);
+        let mut segments = Vec::with_capacity(self.segments.len() + 1);
+        for s in &self.segments {
+            if s.group.last < from {
+                segments.push(s.clone());
+            } else if s.group.first < from {
+                return Ok(None);
+            }
         }
-        let mut segments = self.segments.clone();
         segments.extend(decode_groups(&delta.rows)?);
         Ok(Some(PeriodSet {
             head: Arc::new(delta.head.clone()),
@@ -302,11 +315,38 @@ mod tests {
         };
         let grown = base.extended(&delta).unwrap().unwrap();
         assert_eq!((grown.version(), grown.segment_count()), (3, 3));
+        // A compaction merged versions 1..3: the merged group replaces the
+        // set's segment of version 1.
         let crossed = ChunkSnapshot {
             head: head(3),
             rows: vec![row(1, 3, 0, 0, &[(1, 2, 0), (3, 4, 2), (5, 9, 0)])],
         };
-        assert!(base.extended(&crossed).unwrap().is_none());
+        let replaced = base.extended(&crossed).unwrap().unwrap();
+        assert_eq!((replaced.segment_count(), replaced.len()), (1, 3));
+        // Merged 2..3 after the set had 1..1 and 2..2: keep 1, replace 2.
+        let two = grown.extended(&ChunkSnapshot {
+            head: head(4),
+            rows: vec![row(2, 4, 1, 0, &[(1, 2, 0), (3, 4, 1), (7, 8, 2)])],
+        });
+        let two = two.unwrap().unwrap();
+        assert_eq!((two.version(), two.segment_count(), two.len()), (4, 2, 4));
+        // A segment straddling the merged group's start: no way to tell.
+        let merged_in_memory = PeriodSet::decode(&ChunkSnapshot {
+            head: head(3),
+            rows: vec![row(1, 3, 0, 0, &[(5, 9, 0)])],
+        })
+        .unwrap();
+        let straddle = ChunkSnapshot {
+            head: head(4),
+            rows: vec![row(3, 4, 2, 0, &[(1, 2, 0)])],
+        };
+        assert!(merged_in_memory.extended(&straddle).unwrap().is_none());
+        // Versions 2..4 added blocks without periods: no rows, no groups.
+        let gap = ChunkSnapshot {
+            head: head(5),
+            rows: vec![row(5, 5, 3, 0, &[(1, 2, 0)])],
+        };
+        assert_eq!(base.extended(&gap).unwrap().unwrap().segment_count(), 2);
     }
 
     #[test]

@@ -220,7 +220,14 @@ mod tests {
     use crate::periods::codec::decode_all;
 
     fn decode(c: &PackedChunk) -> crate::engine::PeriodColumns {
-        decode_all(&[(c.chunk_start, 0, c.period_count as usize, &c.payload)]).unwrap()
+        decode_all(&[crate::periods::codec::ChunkRef {
+            chunk_start: c.chunk_start,
+            block_base: 0,
+            period_count: c.period_count as usize,
+            max_end: c.max_end,
+            payload: &c.payload,
+        }])
+        .unwrap()
     }
 
     #[test]

@@ -27,8 +27,9 @@ pub const BYTES_PER_PERIOD: u64 = 20;
 pub enum Residency {
     /// Held (or just loaded) at a version at least the one asked for.
     Resident(Arc<PeriodSet>),
-    /// Larger than the whole budget: serve it from window reads.
-    TooLarge,
+    /// Serve this request from window reads: the schedule is larger than
+    /// the whole budget (or its copy kept being evicted while loading).
+    WindowReads,
 }
 
 type Load = Result<Arc<PeriodSet>, Arc<StoreError>>;
@@ -83,7 +84,7 @@ impl ResidentTier {
     pub async fn get(self: &Arc<Self>, head: &ScheduleRow) -> Result<Residency, Arc<StoreError>> {
         if !self.fits(head) {
             self.lookup("bypass");
-            return Ok(Residency::TooLarge);
+            return Ok(Residency::WindowReads);
         }
         if let Some(s) = self.peek(head.id, head.version) {
             return Ok(Residency::Resident(s));
@@ -93,15 +94,16 @@ impl ResidentTier {
         } else {
             "miss"
         });
-        // A load joined while it was under way may predate `head`; the
-        // next one starts after this request read `head`, so it is current.
+        // A load joined while under way may have read before `head` was;
+        // the next one starts after this request read `head`, so it is
+        // current unless the copy is evicted at once (then: window reads).
         for _ in 0..3 {
             let this = Arc::clone(self);
-            let (id, version) = (head.id, head.version);
+            let id = head.id;
             let (loaded, _) = self
                 .loads
                 .run(id, move || {
-                    async move { this.load(id, version).await.map_err(Arc::new) }.boxed()
+                    async move { this.load(id).await.map_err(Arc::new) }.boxed()
                 })
                 .await;
             let set = loaded?;
@@ -109,10 +111,7 @@ impl ResidentTier {
                 return Ok(Residency::Resident(set));
             }
         }
-        Err(Arc::new(StoreError::Corrupt(format!(
-            "schedule {} stayed behind version {} through three loads",
-            head.id, head.version
-        ))))
+        Ok(Residency::WindowReads)
     }
 
     /// The periods of `head`'s schedule meeting `[from, to)`, read from the
@@ -135,16 +134,16 @@ impl ResidentTier {
         Ok(set)
     }
 
-    /// Loads (or extends) schedule `id` to a version of at least `version`.
-    async fn load(&self, id: i64, version: i64) -> Result<Arc<PeriodSet>, StoreError> {
-        let held = self.sets.get(&id);
-        if let Some(s) = held.as_ref().filter(|s| s.version() >= version) {
-            return Ok(s.clone());
-        }
+    /// Loads schedule `id` as stored now: the chunk rows of the versions
+    /// after the resident copy (one small read after an append), or all of
+    /// them. It always reads, even if a copy as new as the leader's head
+    /// arrived meanwhile, so that every request joining the load gets a
+    /// copy read after the load began.
+    async fn load(&self, id: i64) -> Result<Arc<PeriodSet>, StoreError> {
         let started = Instant::now();
-        let mut kind = "full";
+        let mut kind = "delta";
         let mut set = None;
-        if let Some(old) = held {
+        if let Some(old) = self.sets.get(&id) {
             let timer = self.metrics.store_timer("chunks_delta");
             let delta = self
                 .store
@@ -153,7 +152,6 @@ impl ResidentTier {
                 .ok_or(StoreError::NotFound)?;
             timer.observe_duration();
             set = decode_off_executor(move || old.extended(&delta)).await?;
-            kind = "delta";
         }
         let set = match set {
             Some(s) => s,

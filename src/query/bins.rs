@@ -205,9 +205,7 @@ impl QueryService {
                 version: computed.head.version,
             });
         }
-        Err(QueryError::Internal(format!(
-            "schedule {id} changed version {MAX_VERSION_MOVES} times under one request"
-        )))
+        Err(QueryError::Busy(id))
     }
 
     /// The counters of `req` at `head.version`, from the extent tiers and

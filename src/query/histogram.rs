@@ -125,9 +125,7 @@ impl QueryService {
                 version: head.version,
             });
         }
-        Err(QueryError::Internal(format!(
-            "schedule {id} changed version {MAX_VERSION_MOVES} times under one request"
-        )))
+        Err(QueryError::Busy(id))
     }
 }
 

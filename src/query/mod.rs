@@ -52,6 +52,10 @@ pub enum QueryError {
     /// The store failed.
     #[error("store: {0}")]
     Store(Arc<StoreError>),
+    /// The schedule kept changing under the request (it would take a
+    /// compaction per attempt): retrying will succeed.
+    #[error("schedule {0} changed version {MAX_VERSION_MOVES} times under one request; retry")]
+    Busy(i64),
     /// A computation failed (a bug or corrupt data).
     #[error("internal: {0}")]
     Internal(String),
@@ -187,6 +191,9 @@ pub struct QueryService {
     writer: PersistWriter,
     flights: Arc<Flights<bins::FlightKey, Result<Arc<bins::Filled>, bins::FillError>>>,
     responses: Responses,
+    /// One load of a schedule runs behind a small-window answer at a time
+    /// (each holds a schedule's rows and columns until it lands).
+    background_loads: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueryService {
@@ -207,6 +214,7 @@ impl QueryService {
             writer: PersistWriter::start(store.clone(), metrics.clone(), budgets.write_queue),
             flights: Flights::new(),
             responses: Responses::new(budgets.response_bytes, metrics.clone()),
+            background_loads: Arc::new(tokio::sync::Semaphore::new(1)),
             store,
             metrics,
             limits,
@@ -267,12 +275,17 @@ impl QueryService {
         let set: Arc<PeriodSet> = match self.periods.peek(head.id, head.version) {
             Some(set) => set,
             None if self.periods.fits(head) && !covers_much(head, from, to) => {
-                let (tier, behind) = (self.periods.clone(), head.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = tier.get(&behind).await {
-                        tracing::warn!(schedule_id = behind.id, error = %e, "loading periods failed");
-                    }
-                });
+                // Busy with another schedule's load: this one waits for a
+                // later request.
+                if let Ok(permit) = self.background_loads.clone().try_acquire_owned() {
+                    let (tier, behind) = (self.periods.clone(), head.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = tier.get(&behind).await {
+                            tracing::warn!(schedule_id = behind.id, error = %e, "loading periods failed");
+                        }
+                        drop(permit);
+                    });
+                }
                 self.window(head, from, to).await?
             }
             None => match self
@@ -282,13 +295,23 @@ impl QueryService {
                 .map_err(|e| QueryError::store(head.id, e))?
             {
                 Residency::Resident(set) => set,
-                Residency::TooLarge => self.window(head, from, to).await?,
+                Residency::WindowReads => self.window(head, from, to).await?,
             },
         };
         Ok(match set.view(head.version) {
             Some(view) => Step::Done(view),
             None => Step::MoveTo(set.head().clone()),
         })
+    }
+
+    /// Makes `head`'s schedule resident (if it fits) before a computation
+    /// that will cover all of it, such as a summary job.
+    pub async fn preload(&self, head: &ScheduleRow) -> Result<(), QueryError> {
+        self.periods
+            .get(head)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueryError::store(head.id, e))
     }
 
     async fn window(
@@ -314,3 +337,6 @@ fn covers_much(head: &ScheduleRow, from: i64, to: i64) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests;

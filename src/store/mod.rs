@@ -210,7 +210,7 @@ pub enum ChunkSelect {
 }
 
 /// Chunk rows read in one snapshot together with the schedule's row: the
-/// rows are exactly those of `head.version`.
+/// rows selected among those stored at `head.version`.
 #[derive(Debug, Clone)]
 pub struct ChunkSnapshot {
     pub head: ScheduleRow,

@@ -190,22 +190,26 @@ where
     }
 
     /// Writes the chunks of `feed` as they arrive, in statements of about
-    /// [`FEED_BATCH_BYTES`] of payload.
+    /// [`FEED_BATCH_BYTES`] of payload, and checks that they hold all
+    /// `periods`: a feed that ends early (its producer died) must not
+    /// commit a schedule short of periods.
     async fn write_feed(
         conn: &mut <D::DB as Database>::Connection,
         id: i64,
         group: VersionGroup,
         block_base: i64,
         feed: &mut ChunkFeed,
+        periods: u64,
     ) -> StoreResult<()> {
         let mut batch = Vec::new();
-        let mut bytes = 0;
+        let (mut bytes, mut written) = (0, 0u64);
         loop {
             let next = feed.recv().await;
             let done = next.is_none();
             if let Some(chunk) = next {
                 let chunk = chunk.map_err(StoreError::Feed)?;
                 bytes += chunk.payload.len();
+                written += chunk.period_count as u64;
                 batch.push(chunk);
             }
             if (done || bytes >= FEED_BATCH_BYTES) && !batch.is_empty() {
@@ -214,6 +218,11 @@ where
                 bytes = 0;
             }
             if done {
+                if written != periods {
+                    return Err(StoreError::Feed(format!(
+                        "the packed chunks hold {written} of the body's {periods} periods"
+                    )));
+                }
                 return Ok(());
             }
         }
@@ -340,7 +349,7 @@ where
         .await?;
         D::write_blocks(&mut tx, id, 0, &new.blocks).await?;
         let group = VersionGroup { first: 1, last: 1 };
-        Self::write_feed(&mut tx, id, group, 0, &mut new.chunks).await?;
+        Self::write_feed(&mut tx, id, group, 0, &mut new.chunks, new.stats.periods).await?;
         let job_id = Self::insert_job(&mut tx, id, 1).await?;
         let sql = format!(
             "UPDATE schedules SET latest_job_id = $2 WHERE id = $1 RETURNING {SCHEDULE_COLUMNS}"
@@ -371,7 +380,16 @@ where
             first: u.version,
             last: u.version,
         };
-        Self::write_feed(&mut tx, id, group, old.block_count, &mut new.chunks).await?;
+        let periods = new.stats.periods;
+        Self::write_feed(
+            &mut tx,
+            id,
+            group,
+            old.block_count,
+            &mut new.chunks,
+            periods,
+        )
+        .await?;
         for &span in &new.changed_spans {
             Self::insert_change(&mut tx, id, u.version, span, false).await?;
         }
@@ -782,7 +800,17 @@ where
         chunks: &[PackedChunk],
     ) -> StoreResult<bool> {
         let mut tx = self.dialect.writer().begin().await?;
-        match Self::schedule_in(&mut tx, id, D::LOCK_ROW).await? {
+        let row = Self::schedule_in(&mut tx, id, D::LOCK_ROW).await?;
+        // Under the schedule's lock: another replica moving the same
+        // database may have moved this schedule already.
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM periods WHERE schedule_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if left == 0 {
+            return Ok(true);
+        }
+        match row {
             // Rows of a deleted schedule: nothing to keep.
             None => {}
             Some(s) if s.version != version => return Ok(false),
