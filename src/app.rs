@@ -1,7 +1,8 @@
 //! Building and running the server: the one function the binary and the
 //! tests share. It takes its listener (port 0 in tests) from the caller.
 
-use crate::api::{self, AppState};
+use crate::api::auth::WriteTokens;
+use crate::api::{self, AppState, HttpLimits};
 use crate::config::ServeConfig;
 use crate::ingest::{IngestLimits, IngestService};
 use crate::jobs::Jobs;
@@ -13,6 +14,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A built, not yet running, server.
 pub struct Application {
@@ -25,8 +27,11 @@ impl Application {
     /// Connects the store (applying migrations), resumes missing summary
     /// jobs, and binds the HTTP server to `listener`.
     pub async fn build(config: &ServeConfig, listener: TcpListener) -> anyhow::Result<Application> {
-        let store =
-            store::connect(&config.database.url(), config.database.db_max_connections).await?;
+        let pool = store::PoolConfig::new(
+            config.database.db_max_connections,
+            Duration::from_secs(config.db_timeout),
+        );
+        let store = store::connect(&config.database.url(), pool).await?;
         Self::build_with_store(config, listener, store).await
     }
 
@@ -54,6 +59,7 @@ impl Application {
             metrics.clone(),
             QueryLimits {
                 max_bins: config.max_bins,
+                max_computations: config.max_computations,
             },
             QueryBudgets {
                 extent_bytes: config.cache_bytes - response_bytes,
@@ -84,6 +90,9 @@ impl Application {
             IngestLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_line_bytes: config.max_line_bytes,
+                max_blocks: config.max_blocks,
+                max_periods: config.max_periods,
+                body_read_timeout: Duration::from_secs(config.body_read_timeout),
             },
         );
         let state = web::Data::new(AppState {
@@ -91,8 +100,18 @@ impl Application {
             query,
             ingest,
             metrics,
-            api_token: config.api_token.clone().filter(|t| !t.is_empty()),
+            write_tokens: WriteTokens::parse(config.api_token.as_deref()),
+            limits: HttpLimits {
+                max_query_bytes: config.max_query_bytes,
+                request_timeout: Duration::from_secs(config.request_timeout),
+            },
         });
+        if state.write_tokens.is_none() {
+            tracing::warn!(
+                "VISBIN_API_TOKEN is not set: anyone who reaches this server can upload, append \
+                 and delete; set it to one or more comma-separated tokens"
+            );
+        }
         let port = listener
             .local_addr()
             .context("Failed to read the listener address")?
@@ -104,7 +123,7 @@ impl Application {
                 .wrap_fn(api::middleware)
                 .configure(api::routes)
         })
-        .shutdown_timeout(10);
+        .shutdown_timeout(config.shutdown_grace);
         if let Some(w) = config.workers {
             server = server.workers(w.max(1));
         }
@@ -132,7 +151,8 @@ impl Application {
     }
 
     /// Serves until stopped (SIGINT/SIGTERM or [`ServerHandle::stop`]);
-    /// in-flight requests get up to 10 s to finish.
+    /// in-flight requests get `VISBIN_SHUTDOWN_GRACE` to finish while new
+    /// connections are refused.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }

@@ -88,7 +88,47 @@ pub struct ServeConfig {
     #[arg(long, env = "VISBIN_MAX_LINE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_line_bytes: u64,
 
-    /// When set, POST and DELETE need `Authorization: Bearer <token>`.
+    /// Most blocks one schedule may hold (an upload, or a schedule and its
+    /// appends); more is refused with 413.
+    #[arg(long, env = "VISBIN_MAX_BLOCKS", default_value_t = 2_000_000)]
+    pub max_blocks: u64,
+
+    /// Most periods one schedule may hold; more is refused with 413.
+    #[arg(long, env = "VISBIN_MAX_PERIODS", default_value_t = 100_000_000)]
+    pub max_periods: u64,
+
+    /// Longest accepted query string, in bytes; longer is refused with 414.
+    #[arg(long, env = "VISBIN_MAX_QUERY_BYTES", default_value_t = 8192)]
+    pub max_query_bytes: usize,
+
+    /// Seconds a request may take in all before it is answered 503 (and
+    /// whatever it was writing rolled back).
+    #[arg(long, env = "VISBIN_REQUEST_TIMEOUT", default_value_t = 300)]
+    pub request_timeout: u64,
+
+    /// Seconds an upload's body may pause between two pieces before it is
+    /// answered 408 (a slow client cannot hold an upload open).
+    #[arg(long, env = "VISBIN_BODY_READ_TIMEOUT", default_value_t = 30)]
+    pub body_read_timeout: u64,
+
+    /// Bin computations that may run at once (loading periods and counting
+    /// bins no cache tier holds); beyond it up to four times as many wait,
+    /// and more are answered 503 with Retry-After. Summary jobs wait.
+    #[arg(long, env = "VISBIN_MAX_COMPUTATIONS", default_value_t = 8)]
+    pub max_computations: usize,
+
+    /// Seconds a request waits for a database connection before it is
+    /// answered 503 (the database is unreachable or saturated).
+    #[arg(long, env = "VISBIN_DB_TIMEOUT", default_value_t = 3)]
+    pub db_timeout: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT
+    /// (new connections are refused at once); then the process exits 0.
+    #[arg(long, env = "VISBIN_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+
+    /// When set, POST and DELETE need `Authorization: Bearer <token>`;
+    /// several tokens separated by commas are all accepted (rotation).
     #[arg(long, env = "VISBIN_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 

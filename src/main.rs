@@ -25,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate(db) => {
             visbin::telemetry::init(LogFormat::Pretty);
-            let store = visbin::store::connect(&db.url(), 1).await?;
+            let pool = visbin::store::PoolConfig::new(1, std::time::Duration::from_secs(30));
+            let store = visbin::store::connect(&db.url(), pool).await?;
             let moved = visbin::periods::legacy::move_legacy_periods(store.as_ref())
                 .await
                 .context("Failed to move periods to packed chunks")?;

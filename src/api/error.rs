@@ -23,6 +23,9 @@ pub struct ApiError {
     pub detail: String,
     /// The cause, logged, never sent.
     pub cause: Option<anyhow::Error>,
+    /// Headers the refusal carries besides those every refusal of its
+    /// status gets (`Allow` of a 405).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -43,7 +46,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             cause: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same refusal with one more header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// 500; the cause goes to the log only.
@@ -54,6 +64,7 @@ impl ApiError {
             detail: "internal error; the server log has the cause (search for the X-Request-Id)"
                 .into(),
             cause: Some(cause),
+            headers: Vec::new(),
         }
     }
 
@@ -64,6 +75,7 @@ impl ApiError {
             code: "unavailable",
             detail: "the database is unavailable; retry shortly".into(),
             cause: Some(cause),
+            headers: Vec::new(),
         }
     }
 }
@@ -100,6 +112,12 @@ impl ResponseError for ApiError {
             // Every 503 says when to come back (DESIGN §5).
             r.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.insert_header(("WWW-Authenticate", "Bearer realm=\"visbin\""));
+        }
+        for (name, value) in &self.headers {
+            r.insert_header((*name, value.as_str()));
+        }
         r.body(body.to_string())
     }
 }
@@ -118,6 +136,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::not_found("no such schedule"),
             StoreError::IdentityExists(id) => identity_exists(&id),
+            StoreError::TooMany { what, limit } => IngestError::TooMany { what, limit }.into(),
             StoreError::Unavailable(_) => ApiError::unavailable(e.into()),
             e => ApiError::internal(e.into()),
         }
@@ -146,6 +165,9 @@ impl From<QueryError> for ApiError {
                 StoreError::Unavailable(_) => ApiError::unavailable(anyhow::anyhow!("{s}")),
                 _ => ApiError::internal(anyhow::anyhow!("{s}")),
             },
+            QueryError::Overloaded { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
+            }
             QueryError::Busy(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
             }
@@ -174,6 +196,23 @@ impl From<IngestError> for ApiError {
                      block per line; nothing was stored"
                 ),
             ),
+            IngestError::TooMany { what, limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many",
+                format!(
+                    "the schedule would hold more than {limit} {what} (VISBIN_MAX_{}); split it \
+                     into several schedules, or raise the limit; nothing was stored",
+                    what.to_ascii_uppercase()
+                ),
+            ),
+            IngestError::BodyTimeout { seconds } => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body paused for more than {seconds} s \
+                     (VISBIN_BODY_READ_TIMEOUT); send it without pauses; nothing was stored"
+                ),
+            ),
             IngestError::Unreadable(m) => ApiError::bad_request(
                 "invalid_upload",
                 format!("the request body could not be read ({m}); nothing was stored"),
@@ -189,6 +228,7 @@ impl From<IngestError> for ApiError {
                 detail: "the server could not buffer the upload; retry shortly; nothing was stored"
                     .into(),
                 cause: Some(anyhow::anyhow!(m)),
+                headers: Vec::new(),
             },
             IngestError::Internal(m) => ApiError::internal(anyhow::anyhow!(m)),
         }

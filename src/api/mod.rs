@@ -4,6 +4,7 @@
 //! (uploads, appends) or `store` (plain rows), and format.
 
 mod assets;
+pub mod auth;
 mod bins;
 pub mod error;
 mod negotiate;
@@ -27,6 +28,15 @@ use tracing::Instrument;
 /// The OpenAPI 3 description of the API, served as is.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// Limits the middleware enforces on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Longest query string (414 beyond).
+    pub max_query_bytes: usize,
+    /// Longest a request may take (503 beyond, its work dropped).
+    pub request_timeout: Duration,
+}
+
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -35,7 +45,9 @@ pub struct AppState {
     /// Uploads and appends.
     pub ingest: Arc<IngestService>,
     pub metrics: Arc<Metrics>,
-    pub api_token: Option<String>,
+    /// Tokens accepted for writes; `None`: writes are open.
+    pub write_tokens: Option<auth::WriteTokens>,
+    pub limits: HttpLimits,
 }
 
 /// Registers every route.
@@ -69,26 +81,45 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .into()
         }))
-        .default_service(web::to(|| async {
-            Err::<HttpResponse, _>(ApiError::not_found("no such route; see /openapi.json"))
-        }));
+        .default_service(web::to(unrouted));
 }
 
-/// Every route template, for the `route` label.
-const ROUTES: [&str; 12] = [
-    "/",
-    "/assets/{name}",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/v1/schedules",
-    "/v1/schedules/{id}",
-    "/v1/schedules/{id}/blocks",
-    "/v1/schedules/{id}/bins",
-    "/v1/schedules/{id}/visibility-histogram",
-    "/v1/jobs/{id}",
+/// Every route template and the methods it takes: the `route` label, the
+/// `Allow` of a 405, and what `openapi.json` must describe (a test holds
+/// the two, and the registrations above, to this table).
+pub const ROUTES: [(&str, &[&str]); 12] = [
+    ("/", &["GET"]),
+    ("/assets/{name}", &["GET"]),
+    ("/healthz", &["GET"]),
+    ("/readyz", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/openapi.json", &["GET"]),
+    ("/v1/schedules", &["GET", "POST"]),
+    ("/v1/schedules/{id}", &["GET", "DELETE"]),
+    ("/v1/schedules/{id}/blocks", &["POST"]),
+    ("/v1/schedules/{id}/bins", &["GET"]),
+    ("/v1/schedules/{id}/visibility-histogram", &["GET"]),
+    ("/v1/jobs/{id}", &["GET"]),
 ];
+
+/// Requests no route took: 405 with `Allow` on a known path, else 404.
+async fn unrouted(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    let template = route_template(req.path());
+    match ROUTES.iter().find(|(t, _)| *t == template) {
+        Some((_, methods)) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} does not take {}; it takes {}",
+                template,
+                req.method(),
+                methods.join(", ")
+            ),
+        )
+        .with_header("Allow", methods.join(", "))),
+        None => Err(ApiError::not_found("no such route; see /openapi.json")),
+    }
+}
 
 /// The route template a path falls under (`unmatched` for any other path,
 /// so that label values stay bounded). A segment match, not actix's
@@ -100,6 +131,7 @@ fn route_template(path: &str) -> &'static str {
         .unwrap_or(path);
     ROUTES
         .iter()
+        .map(|(t, _)| t)
         .find(|t| {
             let (mut a, mut b) = (t.split('/'), path.split('/'));
             loop {
@@ -113,6 +145,39 @@ fn route_template(path: &str) -> &'static str {
         })
         .copied()
         .unwrap_or("unmatched")
+}
+
+/// A refusal the middleware answers before any handler runs: a query
+/// string past the limit (414), a write without an accepted token (401).
+fn refusal(req: &ServiceRequest, state: &AppState) -> Option<ApiError> {
+    let limit = state.limits.max_query_bytes;
+    if req.query_string().len() > limit {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "query_too_long",
+            format!(
+                "the query string is {} bytes, more than the limit of {limit} \
+                 (VISBIN_MAX_QUERY_BYTES); ask for fewer block_ids at once",
+                req.query_string().len()
+            ),
+        ));
+    }
+    let tokens = state.write_tokens.as_ref()?;
+    if req.method() != Method::POST && req.method() != Method::DELETE {
+        return None;
+    }
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    (!tokens.accepts(given)).then(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "writes need `Authorization: Bearer <token>` with one of the server's tokens \
+             (VISBIN_API_TOKEN)",
+        )
+    })
 }
 
 /// Routes whose requests are logged at debug level only.
@@ -144,34 +209,49 @@ where
     } else {
         tracing::info_span!("request", request_id = %request_id, method = %method, route = %route)
     };
-    let denied = state.as_ref().and_then(|s| {
-        let token = s.api_token.as_deref()?;
-        if method != Method::POST && method != Method::DELETE {
-            return None;
-        }
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        (given != Some(token)).then(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "writes need `Authorization: Bearer <token>` (the server's VISBIN_API_TOKEN)",
-            )
-        })
-    });
-    let fut = if let Some(err) = denied {
+    let refused = state.as_ref().and_then(|s| refusal(&req, s));
+    let fut = if let Some(err) = refused {
         let resp = req.into_response(actix_web::ResponseError::error_response(&err));
         Box::pin(async move { Ok(resp.map_into_right_body()) }) as LocalBoxFuture<'static, _>
     } else {
+        let timeout = state
+            .as_ref()
+            .map_or(Duration::MAX, |s| s.limits.request_timeout);
         let call = srv.call(req);
-        Box::pin(async move { call.await.map(ServiceResponse::map_into_left_body) })
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(res) => res.map(ServiceResponse::map_into_left_body),
+                // Dropping the handler's future rolls back what it was
+                // writing; actix answers the error as its response.
+                Err(_) => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    format!(
+                        "the request took longer than {} s (VISBIN_REQUEST_TIMEOUT); nothing it \
+                         was writing was stored; retry, or ask for less at once",
+                        timeout.as_secs()
+                    ),
+                )
+                .into()),
+            }
+        })
     };
     Box::pin(
         async move {
-            let mut res = fut.await?;
+            let mut res = match fut.await {
+                Ok(res) => res,
+                Err(e) => {
+                    let status = e.as_response_error().status_code();
+                    if let Some(s) = &state {
+                        s.metrics
+                            .http_duration
+                            .with_label_values(&[method.as_str(), route, status.as_str(), "none"])
+                            .observe(started.elapsed().as_secs_f64());
+                        s.metrics.http_latency.observe(route, started.elapsed());
+                    }
+                    return Err(e);
+                }
+            };
             let status = res.status();
             let cache = res
                 .headers()

@@ -6,6 +6,7 @@ use super::IngestError;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::LocalBoxStream;
 use futures_util::StreamExt;
+use std::time::Duration;
 
 /// NDJSON is handed to the parser in runs of about this many bytes.
 const CHUNK_TARGET: usize = 1 << 20;
@@ -50,13 +51,26 @@ impl Body {
             _ => Ok(()),
         }
     }
+
+    /// The next piece of the body, refused as [`IngestError::BodyTimeout`]
+    /// when it takes longer than `pause`.
+    async fn next_piece(
+        &mut self,
+        pause: Duration,
+    ) -> Result<Option<Result<Bytes, String>>, IngestError> {
+        tokio::time::timeout(pause, self.chunks.next())
+            .await
+            .map_err(|_| IngestError::BodyTimeout {
+                seconds: pause.as_secs(),
+            })
+    }
 }
 
 /// Reads the whole body into one buffer (sized from its declared length).
-pub async fn read_all(mut body: Body, limit: u64) -> Result<Bytes, IngestError> {
+pub async fn read_all(mut body: Body, limit: u64, pause: Duration) -> Result<Bytes, IngestError> {
     body.check_declared(limit)?;
     let mut buf = BytesMut::with_capacity(body.length.unwrap_or(64 * 1024).min(limit) as usize);
-    while let Some(chunk) = body.chunks.next().await {
+    while let Some(chunk) = body.next_piece(pause).await? {
         let chunk = chunk.map_err(IngestError::Unreadable)?;
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(IngestError::TooLarge { limit });
@@ -75,12 +89,18 @@ pub struct LineChunks {
     total: u64,
     limit: u64,
     max_line: u64,
+    pause: Duration,
     eof: bool,
 }
 
 impl LineChunks {
     /// Reads `body` within a body limit and a line-length limit.
-    pub fn new(body: Body, limit: u64, max_line: u64) -> Result<LineChunks, IngestError> {
+    pub fn new(
+        body: Body,
+        limit: u64,
+        max_line: u64,
+        pause: Duration,
+    ) -> Result<LineChunks, IngestError> {
         body.check_declared(limit)?;
         Ok(LineChunks {
             body,
@@ -89,6 +109,7 @@ impl LineChunks {
             total: 0,
             limit,
             max_line,
+            pause,
             eof: false,
         })
     }
@@ -113,7 +134,7 @@ impl LineChunks {
                 }
                 _ => {}
             }
-            match self.body.chunks.next().await {
+            match self.body.next_piece(self.pause).await? {
                 None => self.eof = true,
                 Some(chunk) => {
                     let chunk = chunk.map_err(IngestError::Unreadable)?;

@@ -45,6 +45,12 @@ pub enum IngestError {
     /// An NDJSON line is longer than `VISBIN_MAX_LINE_BYTES`.
     #[error("an NDJSON line is longer than {limit} bytes")]
     LineTooLong { limit: u64 },
+    /// The schedule would hold more blocks or periods than allowed.
+    #[error("the schedule would hold more than {limit} {what}")]
+    TooMany { what: &'static str, limit: u64 },
+    /// The body paused longer than `VISBIN_BODY_READ_TIMEOUT`.
+    #[error("the body paused for more than {seconds} s")]
+    BodyTimeout { seconds: u64 },
     /// The body could not be read (the client went away, bad encoding).
     #[error("the body could not be read: {0}")]
     Unreadable(String),
@@ -70,6 +76,7 @@ impl From<StoreError> for IngestError {
     fn from(e: StoreError) -> IngestError {
         match e {
             StoreError::IdentityExists(id) => IngestError::IdentityExists(id),
+            StoreError::TooMany { what, limit } => IngestError::TooMany { what, limit },
             e => IngestError::Store(e),
         }
     }
@@ -80,6 +87,11 @@ impl From<StoreError> for IngestError {
 pub struct IngestLimits {
     pub max_body_bytes: u64,
     pub max_line_bytes: u64,
+    /// Most blocks and periods one schedule may hold.
+    pub max_blocks: u64,
+    pub max_periods: u64,
+    /// Longest pause between two pieces of a body.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// A finished upload.
@@ -102,6 +114,9 @@ pub struct AppendedBlocks {
 
 /// Blocks parsed so far, packed: the rows to write and the totals.
 struct Accumulator {
+    /// Blocks and periods the body may still add to its schedule.
+    room: (u64, u64),
+    limits: (u64, u64),
     stats: UploadStats,
     ids: IdentitySet,
     spans: SpanSet,
@@ -110,8 +125,15 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn new() -> Accumulator {
+    /// An accumulator for a schedule that holds `held` blocks and periods
+    /// already and may hold `limits` in all.
+    fn new(held: (u64, u64), limits: (u64, u64)) -> Accumulator {
         Accumulator {
+            room: (
+                limits.0.saturating_sub(held.0),
+                limits.1.saturating_sub(held.1),
+            ),
+            limits,
             stats: UploadStats::default(),
             ids: IdentitySet::default(),
             spans: SpanSet::new(CHANGED_SPANS),
@@ -138,6 +160,12 @@ impl Accumulator {
                 .into());
             }
             self.stats.add(&b);
+            if self.stats.blocks > self.room.0 {
+                return Err(Refused::TooMany("blocks", self.limits.0));
+            }
+            if self.stats.periods > self.room.1 {
+                return Err(Refused::TooMany("periods", self.limits.1));
+            }
             for &(s, e) in &b.periods {
                 self.spans.add(s, e);
             }
@@ -158,9 +186,11 @@ impl Accumulator {
     }
 }
 
-/// Why a batch could not be taken: a bad block, or the spool file failed.
+/// Why a batch could not be taken: a bad block, a limit, or the spool file
+/// failed.
 enum Refused {
     Invalid(InvalidUpload),
+    TooMany(&'static str, u64),
     Spool(std::io::Error),
 }
 
@@ -174,6 +204,7 @@ impl From<Refused> for IngestError {
     fn from(r: Refused) -> IngestError {
         match r {
             Refused::Invalid(e) => IngestError::Invalid(e),
+            Refused::TooMany(what, limit) => IngestError::TooMany { what, limit },
             Refused::Spool(e) => IngestError::Spool(e.to_string()),
         }
     }
@@ -265,7 +296,7 @@ impl IngestService {
     }
 
     async fn upload_inner(&self, body: Body) -> Result<Uploaded, IngestError> {
-        let parsed = self.parse(body, true).await?;
+        let parsed = self.parse(body, true, (0, 0)).await?;
         let header = parsed.header.ok_or_else(|| {
             InvalidUpload::new(
                 "missing `name`: an upload is a schedule object {\"name\": …, \"blocks\": […]}",
@@ -321,10 +352,11 @@ impl IngestService {
 
     async fn append_inner(&self, id: i64, body: Body) -> Result<AppendedBlocks, IngestError> {
         // Refuse an unknown schedule before reading the body.
-        if self.store.schedule(id).await?.is_none() {
+        let Some(head) = self.store.schedule(id).await? else {
             return Err(IngestError::NotFound(id));
-        }
-        let parsed = self.parse(body, false).await?;
+        };
+        let held = (head.block_count as u64, head.period_count as u64);
+        let parsed = self.parse(body, false, held).await?;
         if parsed.stats.blocks == 0 {
             return Err(InvalidUpload::new(
                 "no blocks to append: send a JSON array of blocks or NDJSON lines",
@@ -337,6 +369,7 @@ impl IngestService {
             changed_spans: parsed.spans,
             blocks: parsed.blocks,
             chunks: feed(parsed.packer),
+            max_totals: (self.limits.max_blocks, self.limits.max_periods),
         };
         let appended = self
             .store
@@ -412,12 +445,19 @@ impl IngestService {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Reads, parses and packs a body; `expect_header` for uploads.
-    async fn parse(&self, body: Body, expect_header: bool) -> Result<Parsed, IngestError> {
+    /// Reads, parses and packs a body; `expect_header` for uploads; `held`
+    /// are the blocks and periods the schedule has already.
+    async fn parse(
+        &self,
+        body: Body,
+        expect_header: bool,
+        held: (u64, u64),
+    ) -> Result<Parsed, IngestError> {
         let format = body.format;
+        let acc = Accumulator::new(held, (self.limits.max_blocks, self.limits.max_periods));
         let (header, acc) = match format {
-            BodyFormat::Json => self.parse_json(body).await?,
-            BodyFormat::Ndjson => self.parse_ndjson(body, expect_header).await?,
+            BodyFormat::Json => self.parse_json(body, acc).await?,
+            BodyFormat::Ndjson => self.parse_ndjson(body, expect_header, acc).await?,
         };
         self.metrics
             .upload_periods
@@ -433,12 +473,20 @@ impl IngestService {
     }
 
     /// A whole JSON document, parsed off the executor.
-    async fn parse_json(&self, body: Body) -> Result<(Option<Header>, Accumulator), IngestError> {
-        let bytes = read_all(body, self.limits.max_body_bytes).await?;
+    async fn parse_json(
+        &self,
+        body: Body,
+        mut acc: Accumulator,
+    ) -> Result<(Option<Header>, Accumulator), IngestError> {
+        let bytes = read_all(
+            body,
+            self.limits.max_body_bytes,
+            self.limits.body_read_timeout,
+        )
+        .await?;
         let parsed = tokio::task::spawn_blocking(move || {
             let doc = parse_document(&bytes)?;
             drop(bytes);
-            let mut acc = Accumulator::new();
             acc.stats.empty_periods_dropped = doc.empty_periods_dropped;
             acc.add(doc.blocks)?;
             Ok::<_, Refused>((doc.header, acc))
@@ -453,10 +501,14 @@ impl IngestService {
         &self,
         body: Body,
         expect_header: bool,
+        mut acc: Accumulator,
     ) -> Result<(Option<Header>, Accumulator), IngestError> {
-        let mut chunks =
-            LineChunks::new(body, self.limits.max_body_bytes, self.limits.max_line_bytes)?;
-        let mut acc = Accumulator::new();
+        let mut chunks = LineChunks::new(
+            body,
+            self.limits.max_body_bytes,
+            self.limits.max_line_bytes,
+            self.limits.body_read_timeout,
+        )?;
         let mut header = None;
         let mut line = 1;
         while let Some(chunk) = chunks.next().await? {

@@ -2,6 +2,12 @@
 //! durable, a tokio task computes the schedule summary through the query
 //! service — which also warms both extent tiers with the whole range at
 //! 900 s and loads the schedule's periods — reporting progress as it goes.
+//!
+//! A job is owned through a lease: the replica that runs it claims it and
+//! keeps the lease ahead of the clock with a heartbeat. At start and at
+//! every heartbeat a replica re-creates the jobs whose lease expired (their
+//! replica died) for schedules still without a summary — never the live
+//! jobs of another replica.
 
 use crate::engine::{BinCounts, BinRange, Grid, SUMMARY_BIN_SECONDS};
 use crate::metrics::Metrics;
@@ -14,10 +20,18 @@ use tokio::sync::Semaphore;
 /// The range is computed in this many steps so progress moves visibly.
 const STEPS: i64 = 10;
 
+/// How long a claim on a job lasts without a heartbeat.
+pub const JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often the leases of this replica's jobs are extended.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs summary jobs on the main runtime, a few at a time.
 pub struct Jobs {
     store: Arc<dyn Store>,
     query: Arc<QueryService>,
+    /// This replica's name on the leases it holds.
+    owner: String,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
@@ -32,13 +46,35 @@ impl Jobs {
         concurrency: usize,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Jobs> {
-        Arc::new(Jobs {
+        let jobs = Arc::new(Jobs {
             store,
             query,
+            owner: uuid::Uuid::new_v4().to_string(),
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             runtime,
-        })
+        });
+        // The heartbeat lives as long as the runner (a weak handle).
+        let weak = Arc::downgrade(&jobs);
+        jobs.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                let Some(jobs) = weak.upgrade() else { return };
+                let until = crate::store::now_ms() + JOB_LEASE.as_millis() as i64;
+                if let Err(e) = jobs.store.renew_leases(&jobs.owner, until).await {
+                    tracing::warn!(error = %e, "renewing job leases failed");
+                }
+                // Jobs of a replica that died (this one's previous life
+                // included) are taken over once their lease runs out.
+                match jobs.resume().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "took over summary jobs whose lease expired"),
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "re-creating jobs failed"),
+                }
+            }
+        });
+        jobs
     }
 
     /// Starts job `job_id` in the background.
@@ -46,6 +82,22 @@ impl Jobs {
         let this = Arc::clone(self);
         self.metrics.jobs.with_label_values(&["queued"]).inc();
         self.runtime.spawn(async move {
+            let until = crate::store::now_ms() + JOB_LEASE.as_millis() as i64;
+            match this.store.claim_job(job_id, &this.owner, until).await {
+                Ok(true) => {}
+                // Finished or failed meanwhile: nothing to run.
+                Ok(false) => {
+                    this.metrics.jobs.with_label_values(&["queued"]).dec();
+                    return;
+                }
+                // Unclaimed, it is re-created by the next replica to start
+                // once its lease (counted from its creation) runs out.
+                Err(e) => {
+                    tracing::warn!(job_id, error = %e, "claiming a job failed");
+                    this.metrics.jobs.with_label_values(&["queued"]).dec();
+                    return;
+                }
+            }
             let permit = this.permits.clone().acquire_owned().await;
             this.metrics.jobs.with_label_values(&["queued"]).dec();
             this.metrics.jobs.with_label_values(&["running"]).inc();
@@ -146,11 +198,13 @@ impl Jobs {
         Ok(self.query.summary_bins(head, all).await?.map(Some))
     }
 
-    /// On start: re-creates jobs for schedules whose summary is missing.
+    /// On start: re-creates the jobs whose lease expired, for schedules
+    /// whose summary is missing.
     pub async fn resume(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let lease = JOB_LEASE.as_millis() as i64;
         let jobs = self
             .store
-            .recreate_jobs()
+            .recreate_jobs(&self.owner, crate::store::now_ms(), lease)
             .await
             .context("Failed to re-create jobs")?;
         for j in &jobs {

@@ -87,8 +87,10 @@ impl From<QueryError> for FillError {
 }
 
 /// Identical misses: same key, same version, same gaps to fill (the gaps,
-/// not just the window, since tiers may change between two requests).
-pub(super) type FlightKey = (Arc<str>, i64, Vec<(i64, i64)>);
+/// not just the window, since tiers may change between two requests), and
+/// whether the caller waits for admission (summary jobs never join a
+/// request's flight, which may be refused).
+pub(super) type FlightKey = (Arc<str>, i64, Vec<(i64, i64)>, bool);
 
 /// Refuses more bins than the limit, suggesting a width that fits.
 pub(super) fn check_bin_count(count: u64, limit: u64, span: i64) -> Result<(), QueryError> {
@@ -174,7 +176,7 @@ impl QueryService {
                 bins,
                 filter: q.filter.clone(),
             };
-            let computed = match self.range(&head, &key, &req).await? {
+            let computed = match self.range(&head, &key, &req, false).await? {
                 Step::Done(c) => c,
                 Step::MoveTo(newer) => {
                     head = newer;
@@ -209,12 +211,14 @@ impl QueryService {
     }
 
     /// The counters of `req` at `head.version`, from the extent tiers and
-    /// the engine.
+    /// the engine. A `patient` caller (a summary job) waits for a
+    /// computation slot however many are waiting; others may be refused.
     pub(super) async fn range(
         self: &Arc<Self>,
         head: &Arc<ScheduleRow>,
         key: &CacheKey,
         req: &BinRequest,
+        patient: bool,
     ) -> Result<Step<Computed>, QueryError> {
         let started = Instant::now();
         let log = self
@@ -251,6 +255,7 @@ impl QueryService {
                 key.text.clone(),
                 head.version,
                 gaps.iter().map(|g| (g.first, g.end)).collect(),
+                patient,
             );
             let this = Arc::clone(self);
             let (head2, key2, req2) = (head.clone(), key.clone(), req.clone());
@@ -259,7 +264,7 @@ impl QueryService {
                 .flights
                 .run(flight_key, move || {
                     async move {
-                        this.fill(&head2, &key2, &log, &req2, gaps)
+                        this.fill(&head2, &key2, &log, &req2, gaps, patient)
                             .await
                             .map(Arc::new)
                     }
@@ -314,7 +319,9 @@ impl QueryService {
         log: &ChangeLog,
         req: &BinRequest,
         gaps: Vec<BinRange>,
+        patient: bool,
     ) -> Result<Filled, FillError> {
+        let _ticket = self.computations.enter(patient).await?;
         let mut timing = Timing::default();
         let wanted: usize = gaps.iter().map(BinRange::len).sum();
         let window = |g: &BinRange| (req.grid.bin_start(g.first), req.grid.bin_start(g.end));
@@ -358,6 +365,7 @@ impl QueryService {
         }
         // Compute what no tier holds (once for all waiters of this flight).
         let to_compute = defragment(remaining, MIN_CACHED_RUN, MAX_GAPS);
+        let _slot = self.computations.slot().await;
         self.metrics.computations.inc();
         let t = Instant::now();
         let view = match resident {

@@ -67,6 +67,8 @@ impl QueryService {
                     version: head.version,
                 });
             }
+            let _ticket = self.computations.enter(false).await?;
+            let _slot = self.computations.slot().await;
             let t = Instant::now();
             let view = match self.periods_at(&head, s, e).await? {
                 Step::Done(v) => v,

@@ -52,6 +52,13 @@ pub enum QueryError {
     /// The store failed.
     #[error("store: {0}")]
     Store(Arc<StoreError>),
+    /// More bin computations are running and waiting than allowed
+    /// (`VISBIN_MAX_COMPUTATIONS`): retry shortly.
+    #[error(
+        "{running} bin computations are running and {waiting} waiting, the most allowed \
+         (VISBIN_MAX_COMPUTATIONS); retry shortly"
+    )]
+    Overloaded { running: usize, waiting: usize },
     /// The schedule kept changing under the request (it would take a
     /// compaction per attempt): retrying will succeed.
     #[error("schedule {0} changed version {MAX_VERSION_MOVES} times under one request; retry")]
@@ -144,6 +151,60 @@ pub struct Answer {
 pub struct QueryLimits {
     /// Most bins one answer may hold.
     pub max_bins: u64,
+    /// Bin computations at once; beyond it up to four times as many wait,
+    /// more are refused ([`QueryError::Overloaded`]).
+    pub max_computations: usize,
+}
+
+/// Admission of bin computations: a bounded number run, a bounded number
+/// wait, the rest are refused at once rather than queued without end. A
+/// computation holds a ticket from admission to its end (its store reads
+/// included) and a running slot while it loads periods and counts.
+struct Admission {
+    tickets: Arc<tokio::sync::Semaphore>,
+    running: Arc<tokio::sync::Semaphore>,
+    max_running: usize,
+}
+
+impl Admission {
+    fn new(running: usize) -> Admission {
+        let running = running.max(1);
+        Admission {
+            // As many may wait as run, four times over.
+            tickets: Arc::new(tokio::sync::Semaphore::new(5 * running)),
+            running: Arc::new(tokio::sync::Semaphore::new(running)),
+            max_running: running,
+        }
+    }
+
+    /// A ticket for one computation: at once or refused, or (`patient`: a
+    /// summary job) waiting for one.
+    async fn enter(&self, patient: bool) -> Result<tokio::sync::OwnedSemaphorePermit, QueryError> {
+        if patient {
+            return Ok(self
+                .tickets
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"));
+        }
+        self.tickets
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| QueryError::Overloaded {
+                running: self.max_running,
+                waiting: 4 * self.max_running,
+            })
+    }
+
+    /// A running slot, waiting for one if all are taken.
+    async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.running
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed")
+    }
 }
 
 /// Memory budgets of the read path's caches.
@@ -194,6 +255,7 @@ pub struct QueryService {
     /// One load of a schedule runs behind a small-window answer at a time
     /// (each holds a schedule's rows and columns until it lands).
     background_loads: Arc<tokio::sync::Semaphore>,
+    computations: Admission,
 }
 
 impl QueryService {
@@ -215,6 +277,7 @@ impl QueryService {
             flights: Flights::new(),
             responses: Responses::new(budgets.response_bytes, metrics.clone()),
             background_loads: Arc::new(tokio::sync::Semaphore::new(1)),
+            computations: Admission::new(limits.max_computations),
             store,
             metrics,
             limits,

@@ -19,7 +19,7 @@ impl QueryService {
         let filter = Filter::default();
         let key = CacheKey::new(head.id, &grid, &filter);
         let req = BinRequest { grid, bins, filter };
-        Ok(match self.range(head, &key, &req).await? {
+        Ok(match self.range(head, &key, &req, true).await? {
             Step::Done(c) if c.head.version == head.version => Some(c.counts),
             _ => None,
         })

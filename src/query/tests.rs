@@ -53,7 +53,12 @@ fn feed(chunks: Vec<crate::model::PackedChunk>) -> ChunkFeed {
 
 async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.path().join("t.sqlite3").display());
-    crate::store::connect(&url, 2).await.unwrap()
+    crate::store::connect(
+        &url,
+        crate::store::PoolConfig::new(2, std::time::Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -83,6 +88,7 @@ async fn a_request_whose_version_was_merged_away_moves_on_to_the_newer_one() {
             changed_spans: vec![],
             blocks: metas,
             chunks,
+            max_totals: (u64::MAX, u64::MAX),
         };
         heads.push(store.append_blocks(id, new).await.unwrap().schedule);
     }
@@ -97,7 +103,10 @@ async fn a_request_whose_version_was_merged_away_moves_on_to_the_newer_one() {
     let service = QueryService::new(
         store,
         Arc::new(Metrics::new()),
-        QueryLimits { max_bins: 1000 },
+        QueryLimits {
+            max_bins: 1000,
+            max_computations: 2,
+        },
         budgets(),
     );
     let old = Arc::new(heads[1].clone());
@@ -113,7 +122,7 @@ async fn a_request_whose_version_was_merged_away_moves_on_to_the_newer_one() {
         filter: Filter::default(),
     };
     let key = CacheKey::new(id, &grid, &req.filter);
-    match service.range(&old, &key, &req).await.unwrap() {
+    match service.range(&old, &key, &req, false).await.unwrap() {
         Step::MoveTo(newer) => assert_eq!(newer.version, 4),
         Step::Done(_) => panic!("bins of version 2 from periods of 1..=4"),
     }
@@ -121,7 +130,7 @@ async fn a_request_whose_version_was_merged_away_moves_on_to_the_newer_one() {
     assert!(service.memory().get(&key).await.is_none());
     // At the newer version it answers: all six blocks count.
     let Step::Done(c) = service
-        .range(&Arc::new(heads[3].clone()), &key, &req)
+        .range(&Arc::new(heads[3].clone()), &key, &req, false)
         .await
         .unwrap()
     else {

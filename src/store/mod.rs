@@ -32,6 +32,10 @@ pub enum StoreError {
     /// An appended block repeats an identity the schedule already has.
     #[error("block identity \"{0}\" already exists in this schedule")]
     IdentityExists(String),
+    /// An append would take the schedule past its limit of blocks or
+    /// periods.
+    #[error("the schedule would hold more than {limit} {what}")]
+    TooMany { what: &'static str, limit: u64 },
     /// The database cannot be reached right now (connection refused or
     /// lost, pool exhausted, server shutting down, database locked): the
     /// same request may succeed shortly.
@@ -252,6 +256,9 @@ pub struct NewBlocks {
     pub blocks: Vec<BlockMeta>,
     /// Blocks relative to the first appended block.
     pub chunks: ChunkFeed,
+    /// The most blocks and periods the schedule may hold after the append
+    /// (checked under the schedule's lock, against concurrent appends).
+    pub max_totals: (u64, u64),
 }
 
 /// How an upload ended.
@@ -352,9 +359,23 @@ pub trait Store: Send + Sync {
     async fn job_done(&self, job: &JobRow, summary_json: &str) -> StoreResult<()>;
     /// Marks a job failed.
     async fn job_failed(&self, id: i64, error: &str) -> StoreResult<()>;
-    /// On start: fails unfinished jobs (they died with their process) and
-    /// creates a new job for every schedule whose summary is missing.
-    async fn recreate_jobs(&self) -> StoreResult<Vec<JobRow>>;
+    /// Takes job `id` for `owner` until `until_ms`; `false` if it is not
+    /// queued or running any more.
+    async fn claim_job(&self, id: i64, owner: &str, until_ms: i64) -> StoreResult<bool>;
+    /// Extends the leases of `owner`'s unfinished jobs to `until_ms` (the
+    /// heartbeat); returns how many it extended.
+    async fn renew_leases(&self, owner: &str, until_ms: i64) -> StoreResult<u64>;
+    /// On start: fails the unfinished jobs whose lease expired by `now_ms`
+    /// (their replica died; a job never claimed counts from its creation,
+    /// with `lease_ms`), and creates a job owned by `owner` for every
+    /// schedule whose summary is missing and whose version no live job
+    /// covers. Replicas starting together do this one at a time.
+    async fn recreate_jobs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<JobRow>>;
 
     /// Schedules whose periods are still in the one-row-per-period layout
     /// of before packed chunks; `None` once that table is gone.
@@ -374,16 +395,35 @@ pub trait Store: Send + Sync {
     async fn drop_legacy(&self) -> StoreResult<()>;
 }
 
+/// How the store's connection pool behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    /// How long a call waits for a connection (connecting included) before
+    /// it fails as [`StoreError::Unavailable`].
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl PoolConfig {
+    /// `max_connections` connections, waiting at most `acquire_timeout`.
+    pub fn new(max_connections: u32, acquire_timeout: std::time::Duration) -> PoolConfig {
+        PoolConfig {
+            max_connections,
+            acquire_timeout,
+        }
+    }
+}
+
 /// Opens the store named by `url` and applies migrations.
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn connect(url: &str, pool: PoolConfig) -> anyhow::Result<Arc<dyn Store>> {
     use anyhow::Context;
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let s = PgStore::connect(url, max_connections)
+        let s = PgStore::connect(url, pool)
             .await
             .context("Failed to connect to Postgres")?;
         Ok(Arc::new(s))
     } else if url.starts_with("sqlite:") {
-        let s = SqliteStore::connect(url, max_connections)
+        let s = SqliteStore::connect(url, pool)
             .await
             .context("Failed to open the SQLite database")?;
         Ok(Arc::new(s))

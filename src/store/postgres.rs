@@ -3,13 +3,12 @@
 //! advisory lock against concurrent identical uploads.
 
 use super::sql::{Dialect, SqlStore};
-use super::{StoreResult, VersionGroup};
+use super::{PoolConfig, StoreResult, VersionGroup};
 use crate::model::{BlockMeta, PackedChunk};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use std::str::FromStr;
-use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -26,11 +25,11 @@ pub type PgStore = SqlStore<Pg>;
 
 impl PgStore {
     /// Connects and applies migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<PgStore> {
+    pub async fn connect(url: &str, config: PoolConfig) -> StoreResult<PgStore> {
         let opts = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;

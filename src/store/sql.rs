@@ -34,8 +34,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// Appended to the read of the schedule row that an append or a
     /// compaction holds for the rest of its transaction.
     const LOCK_ROW: &'static str;
-    /// A statement (binding the checksum) that serialises uploads of the
-    /// same content within a transaction, where the dialect needs one.
+    /// A statement (binding a key text) that serialises transactions
+    /// taking the same key — uploads of the same content, replicas
+    /// re-creating jobs — where the dialect needs one.
     const CHECKSUM_LOCK: Option<&'static str>;
     /// A query returning a row when the legacy `periods` table exists.
     const LEGACY_EXISTS: &'static str;
@@ -375,6 +376,15 @@ where
         let u = append_update(&old, &new.stats).ok_or_else(|| {
             StoreError::Corrupt(format!("schedule {id} has an unreadable blocks digest"))
         })?;
+        let (max_blocks, max_periods) = new.max_totals;
+        for (what, total, limit) in [
+            ("blocks", u.block_count, max_blocks),
+            ("periods", u.period_count, max_periods),
+        ] {
+            if total as u64 > limit {
+                return Err(StoreError::TooMany { what, limit });
+            }
+        }
         D::write_blocks(&mut tx, id, old.block_count, &new.blocks).await?;
         let group = VersionGroup {
             first: u.version,
@@ -729,24 +739,71 @@ where
         Ok(())
     }
 
-    async fn recreate_jobs(&self) -> StoreResult<Vec<JobRow>> {
-        let mut tx = self.dialect.writer().begin().await?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'failed', error = 'interrupted: the server stopped before the \
-             job finished; a new job was created', finished_at_ms = $1 \
-             WHERE state IN ('queued', 'running')",
+    async fn claim_job(&self, id: i64, owner: &str, until_ms: i64) -> StoreResult<bool> {
+        let claimed: Option<(i64,)> = sqlx::query_as(
+            "UPDATE jobs SET owner = $2, lease_expires_ms = $3 WHERE id = $1 \
+             AND state IN ('queued', 'running') RETURNING id",
         )
-        .bind(now_ms())
+        .bind(id)
+        .bind(owner)
+        .bind(until_ms)
+        .fetch_optional(self.dialect.writer())
+        .await?;
+        Ok(claimed.is_some())
+    }
+
+    async fn renew_leases(&self, owner: &str, until_ms: i64) -> StoreResult<u64> {
+        let renewed: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE jobs SET lease_expires_ms = $2 WHERE owner = $1 \
+             AND state IN ('queued', 'running') RETURNING id",
+        )
+        .bind(owner)
+        .bind(until_ms)
+        .fetch_all(self.dialect.writer())
+        .await?;
+        Ok(renewed.len() as u64)
+    }
+
+    async fn recreate_jobs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<JobRow>> {
+        let mut tx = self.dialect.writer().begin().await?;
+        if let Some(lock) = D::CHECKSUM_LOCK {
+            sqlx::query(lock)
+                .bind("visbin: recreate jobs")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', error = 'interrupted: the replica running it \
+             stopped before it finished; a new job was created', finished_at_ms = $1 \
+             WHERE state IN ('queued', 'running') \
+             AND COALESCE(lease_expires_ms, created_at_ms + $2) < $1",
+        )
+        .bind(now_ms)
+        .bind(lease_ms)
         .execute(&mut *tx)
         .await?;
-        let missing: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT id, version FROM schedules WHERE summary IS NULL ORDER BY id")
-                .fetch_all(&mut *tx)
-                .await?;
+        let missing: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, version FROM schedules s WHERE summary IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.schedule_id = s.id AND j.schedule_version = s.version \
+             AND j.state IN ('queued', 'running')) ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let mut jobs = Vec::new();
         let job_sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
         for (sid, version) in missing {
             let job_id = Self::insert_job(&mut tx, sid, version).await?;
+            sqlx::query("UPDATE jobs SET owner = $2, lease_expires_ms = $3 WHERE id = $1")
+                .bind(job_id)
+                .bind(owner)
+                .bind(now_ms + lease_ms)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("UPDATE schedules SET latest_job_id = $2 WHERE id = $1")
                 .bind(sid)
                 .bind(job_id)

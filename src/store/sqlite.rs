@@ -4,7 +4,7 @@
 //! snapshot), multi-row inserts inside one transaction.
 
 use super::sql::{Dialect, SqlStore};
-use super::{StoreResult, VersionGroup};
+use super::{PoolConfig, StoreResult, VersionGroup};
 use crate::model::{BlockMeta, PackedChunk};
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -16,6 +16,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a write waits for the one writer connection (the write of a
+/// 400 MB upload takes seconds).
+const WRITER_WAIT: Duration = Duration::from_secs(30);
 
 /// SQLite allows 32,766 bound values per statement.
 const MAX_BINDS: usize = 32_000;
@@ -31,7 +35,7 @@ pub type SqliteStore = SqlStore<Lite>;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<SqliteStore> {
+    pub async fn connect(url: &str, config: PoolConfig) -> StoreResult<SqliteStore> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -44,16 +48,17 @@ impl SqliteStore {
             }
         }
         // Uploads are parsed before their transaction starts, so a write
-        // holds this connection only while it writes.
+        // holds this connection only while it writes; other writes queue
+        // behind it for up to WRITER_WAIT.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
+            .acquire_timeout(WRITER_WAIT.max(config.acquire_timeout))
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(config.max_connections.max(2))
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(SqlStore {
