@@ -74,6 +74,7 @@ impl Application {
             query.clone(),
             metrics.clone(),
             config.job_concurrency,
+            Duration::from_secs(config.job_lease),
             tokio::runtime::Handle::current(),
         );
         let resumed = jobs.resume().await?;

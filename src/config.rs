@@ -137,13 +137,20 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 
     /// Capacity of the queue of asynchronous writes to the persisted cache
-    /// tier; writes beyond it are dropped (and counted), never wrong.
+    /// tier, in extents (and at most 32 MiB of them); writes beyond it are
+    /// dropped (and counted), never wrong.
     #[arg(long, env = "VISBIN_CACHE_WRITE_QUEUE", default_value_t = 1024)]
     pub cache_write_queue: usize,
 
     /// Summary jobs that may run at the same time.
     #[arg(long, env = "VISBIN_JOB_CONCURRENCY", default_value_t = 2)]
     pub job_concurrency: usize,
+
+    /// Seconds a replica's claim on a summary job lasts without its
+    /// heartbeat (renewed every third of it); a job whose replica died is
+    /// taken over by another (or the restarted one) after that.
+    #[arg(long, env = "VISBIN_JOB_LEASE", default_value_t = 30)]
+    pub job_lease: u64,
 
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "VISBIN_WORKERS")]

@@ -20,36 +20,36 @@ use tokio::sync::Semaphore;
 /// The range is computed in this many steps so progress moves visibly.
 const STEPS: i64 = 10;
 
-/// How long a claim on a job lasts without a heartbeat.
-pub const JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How often the leases of this replica's jobs are extended.
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Runs summary jobs on the main runtime, a few at a time.
 pub struct Jobs {
     store: Arc<dyn Store>,
     query: Arc<QueryService>,
     /// This replica's name on the leases it holds.
     owner: String,
+    /// How long a claim lasts without a heartbeat (one every third of it).
+    lease: std::time::Duration,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Jobs {
-    /// A runner allowing `concurrency` jobs at once, spawning on `runtime`.
+    /// A runner allowing `concurrency` jobs at once, claiming them for
+    /// `lease`, spawning on `runtime`.
     pub fn new(
         store: Arc<dyn Store>,
         query: Arc<QueryService>,
         metrics: Arc<Metrics>,
         concurrency: usize,
+        lease: std::time::Duration,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Jobs> {
+        let lease = lease.max(std::time::Duration::from_millis(300));
         let jobs = Arc::new(Jobs {
             store,
             query,
             owner: uuid::Uuid::new_v4().to_string(),
+            lease,
             metrics,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             runtime,
@@ -57,11 +57,11 @@ impl Jobs {
         // The heartbeat lives as long as the runner (a weak handle).
         let weak = Arc::downgrade(&jobs);
         jobs.runtime.spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut tick = tokio::time::interval(lease / 3);
             loop {
                 tick.tick().await;
                 let Some(jobs) = weak.upgrade() else { return };
-                let until = crate::store::now_ms() + JOB_LEASE.as_millis() as i64;
+                let until = crate::store::now_ms() + jobs.lease.as_millis() as i64;
                 if let Err(e) = jobs.store.renew_leases(&jobs.owner, until).await {
                     tracing::warn!(error = %e, "renewing job leases failed");
                 }
@@ -82,7 +82,7 @@ impl Jobs {
         let this = Arc::clone(self);
         self.metrics.jobs.with_label_values(&["queued"]).inc();
         self.runtime.spawn(async move {
-            let until = crate::store::now_ms() + JOB_LEASE.as_millis() as i64;
+            let until = crate::store::now_ms() + this.lease.as_millis() as i64;
             match this.store.claim_job(job_id, &this.owner, until).await {
                 Ok(true) => {}
                 // Finished or failed meanwhile: nothing to run.
@@ -201,7 +201,7 @@ impl Jobs {
     /// On start: re-creates the jobs whose lease expired, for schedules
     /// whose summary is missing.
     pub async fn resume(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let lease = JOB_LEASE.as_millis() as i64;
+        let lease = self.lease.as_millis() as i64;
         let jobs = self
             .store
             .recreate_jobs(&self.owner, crate::store::now_ms(), lease)

@@ -22,6 +22,9 @@ use std::time::Instant;
 /// (4) in three columns, allocated to length.
 pub const BYTES_PER_PERIOD: u64 = 20;
 
+/// Schedules loaded at the same time, at most.
+const MAX_LOADS: usize = 2;
+
 /// Whether a schedule's periods can be held.
 #[derive(Debug, Clone)]
 pub enum Residency {
@@ -41,6 +44,10 @@ pub struct ResidentTier {
     capacity: u64,
     sets: moka::sync::Cache<i64, Arc<PeriodSet>>,
     loads: Arc<Flights<i64, Load>>,
+    /// Loads of different schedules at once: each holds a schedule's rows,
+    /// its decoded columns and perhaps a compacted copy until it lands,
+    /// memory outside the budget.
+    loading: tokio::sync::Semaphore,
 }
 
 impl ResidentTier {
@@ -57,6 +64,7 @@ impl ResidentTier {
                 .weigher(|_: &i64, s: &Arc<PeriodSet>| s.heap_bytes().min(u32::MAX as usize) as u32)
                 .build(),
             loads: Flights::new(),
+            loading: tokio::sync::Semaphore::new(MAX_LOADS),
         })
     }
 
@@ -140,6 +148,7 @@ impl ResidentTier {
     /// arrived meanwhile, so that every request joining the load gets a
     /// copy read after the load began.
     async fn load(&self, id: i64) -> Result<Arc<PeriodSet>, StoreError> {
+        let _loading = self.loading.acquire().await.expect("never closed");
         let started = Instant::now();
         let mut kind = "delta";
         let mut set = None;

@@ -125,7 +125,13 @@ pub struct TestApp {
 impl TestApp {
     /// Starts an app on `db` with extra `visbin serve` flags.
     pub async fn start(db: &TestDb, extra: &[&str]) -> TestApp {
-        let config = serve_config(&db.url, extra);
+        TestApp::start_url(&db.url, extra).await
+    }
+
+    /// Starts an app on the database at `url` (a test's database reached
+    /// some other way, such as through a proxy).
+    pub async fn start_url(url: &str, extra: &[&str]) -> TestApp {
+        let config = serve_config(url, extra);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let app = Application::build(&config, listener)
             .await
