@@ -196,8 +196,9 @@ def request(base, method, path, body=None, headers=None, timeout=3600):
     return ms, r.status, data, {k.lower(): v for k, v in r.getheaders()}
 
 
-def upload_file(base, path, fmt, prefix):
-    """POSTs the file with `prefix` inserted at the start of its schedule name, streamed from disk."""
+def upload_file(base, path, fmt, prefix, headers=None):
+    """POSTs the file with `prefix` inserted at the start of its schedule name, streamed from disk
+    (`headers`: extra request headers, e.g. `Authorization` for a server with `VISBIN_API_TOKEN`)."""
     with open(path, "rb") as f:
         head = f.read(65536)
         m = re.search(rb'"name"\s*:\s*"', head)
@@ -211,6 +212,8 @@ def upload_file(base, path, fmt, prefix):
         conn.putrequest("POST", "/v1/schedules")
         conn.putheader("Content-Type", "application/x-ndjson" if fmt == "ndjson" else "application/json")
         conn.putheader("Content-Length", str(size))
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
         conn.endheaders()
         conn.send(new_head)
         while True:

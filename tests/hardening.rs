@@ -85,8 +85,15 @@ async fn every_registered_route_answers_its_methods_and_405_the_others() {
     app.wait_job(up["job_id"].as_i64().unwrap()).await;
     // Schedule 2 is the one DELETE takes; every other request uses 1.
     app.upload(&small_doc("deleted", 1)).await;
-    let all = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"];
+    let all = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+    ];
     for (template, methods) in ROUTES {
+        // A read route also answers HEAD.
+        let mut methods = methods.to_vec();
+        if let Some(i) = methods.iter().position(|m| *m == "GET") {
+            methods.insert(i + 1, "HEAD");
+        }
         for method in all {
             let id = if method == "DELETE" { "2" } else { "1" };
             let path = template.replace("{id}", id).replace("{name}", "viewer.js");
@@ -110,7 +117,11 @@ async fn every_registered_route_answers_its_methods_and_405_the_others() {
                     r.text
                 );
             } else {
-                r.assert_problem(405, &[template]);
+                if method == "HEAD" {
+                    assert_eq!(r.status, 405, "{method} {path}"); // no body to read
+                } else {
+                    r.assert_problem(405, &[template]);
+                }
                 assert_eq!(r.header("allow"), methods.join(", "), "{method} {path}");
             }
         }
@@ -118,6 +129,20 @@ async fn every_registered_route_answers_its_methods_and_405_the_others() {
     app.get("/v1/nothing-here")
         .await
         .assert_problem(404, &["no such route"]);
+    // A trailing slash is another path.
+    for path in ["/v1/schedules/", "/healthz/", "/v1/schedules/1/"] {
+        app.get(path).await.assert_problem(404, &["no such route"]);
+    }
+    // HEAD: the GET answer's headers, no body.
+    let head = app
+        .client
+        .head(app.url("/v1/schedules/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.headers().contains_key("x-request-id"));
+    assert!(head.bytes().await.unwrap().is_empty());
     app.stop().await;
 }
 
@@ -202,7 +227,7 @@ async fn blocks_and_periods_per_schedule_are_bounded() {
 }
 
 /// Sends the head and the first half of a body, pauses, then the rest;
-/// returns the status line and the time it took.
+/// returns the whole answer (status line, headers, body) and the time it took.
 fn trickle(
     base: &str,
     path: &str,
@@ -226,10 +251,7 @@ fn trickle(
     let _ = s.write_all(&body[half..]);
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    (
-        answer.lines().next().unwrap_or("").to_string(),
-        started.elapsed(),
-    )
+    (answer, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +273,7 @@ async fn a_body_that_pauses_too_long_is_refused_with_408() {
     })
     .await
     .unwrap();
-    assert!(status.contains("408"), "{status}");
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
     assert_eq!(count_rows(&db).await.0, 0);
     app.stop().await;
 }
@@ -299,7 +321,7 @@ async fn a_slow_client_does_not_hold_the_sqlite_writer() {
         started.elapsed()
     );
     let (status, _) = slow.await.unwrap();
-    assert!(status.contains("201"), "{status}");
+    assert!(status.starts_with("HTTP/1.1 201"), "{status}");
     app.stop().await;
 }
 
@@ -324,7 +346,12 @@ async fn a_request_past_its_timeout_is_answered_503_and_stores_nothing() {
     })
     .await
     .unwrap();
-    assert!(status.contains("503"), "{status}");
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    // Answered like any other response: with its request id.
+    assert!(
+        status.to_ascii_lowercase().contains("\r\nx-request-id: "),
+        "{status}"
+    );
     assert_eq!(count_rows(&db).await.0, 0);
     app.stop().await;
 }
@@ -454,4 +481,58 @@ async fn a_starting_replica_takes_over_only_jobs_whose_lease_expired() {
             .is_empty());
         app.stop().await;
     }
+}
+
+/// A summary's range may hold more bins than one query may ask for: the job
+/// computes it in steps of at most `VISBIN_MAX_BINS` bins, and the figures
+/// are those of the whole range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_beyond_the_bin_limit_is_computed_in_bounded_steps() {
+    use common::oracle::{bins, OBlock, OFilter};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::start(&db, &["--max-bins", "500"]).await;
+    // 30 days of 900 s bins: 2880, more than a query may ask for.
+    let (start, end) = (T0, T0 + 30 * 86_400);
+    let blocks: Vec<OBlock> = (0..40i64)
+        .map(|i| OBlock {
+            identity: format!("b{i}"),
+            priority: i as f64,
+            scheduled: i % 3 == 0,
+            periods: vec![
+                (start + i * 20_000, start + i * 20_000 + 900),
+                (
+                    start + i * 50_000 + 7,
+                    start + i * 50_000 + 7 + 3_600 * (1 + i % 5),
+                ),
+            ],
+        })
+        .collect();
+    let doc = json!({
+        "name": "long",
+        "schedule_period": {"start": mjd(start), "stop": mjd(end)},
+        "blocks": blocks
+            .iter()
+            .map(|b| block(&b.identity, b.priority, b.scheduled, &b.periods))
+            .collect::<Vec<_>>(),
+    });
+    let up = app.upload(&doc).await;
+    let id = up["schedule_id"].as_i64().unwrap();
+    app.wait_job(up["job_id"].as_i64().unwrap()).await;
+    app.get(&format!("/v1/schedules/{id}/bins?bin=900"))
+        .await
+        .assert_problem(400, &["VISBIN_MAX_BINS"]);
+    let summary = app.get(&format!("/v1/schedules/{id}")).await.json()["summary"].clone();
+    let visible: Vec<u32> = bins(&blocks, &OFilter::default(), start, 900, 2880)
+        .iter()
+        .map(|c| c[0])
+        .collect();
+    assert_eq!(summary["total_bins"], 2880, "{summary}");
+    assert_eq!(
+        summary["max_visible_in_bin"],
+        *visible.iter().max().unwrap()
+    );
+    let mean = visible.iter().map(|&v| f64::from(v)).sum::<f64>() / 2880.0;
+    let got = summary["mean_visible_per_bin"].as_f64().unwrap();
+    assert!((got - mean).abs() < 1e-9, "{got} vs {mean}");
+    app.stop().await;
 }

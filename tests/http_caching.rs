@@ -97,6 +97,19 @@ async fn answers_revalidate_and_compress() {
     // A tag of another answer does not match.
     let (status, _, _) = get(&url, &[("if-none-match", "\"0000\"")]).await;
     assert_eq!(status, 200);
+    // A weak form of the tag matches; the 304 carries the strong one.
+    let weak = format!("W/{etag}");
+    let (status, h, _) = get(&url, &[("if-none-match", &weak)]).await;
+    assert_eq!((status, header(&h, "etag")), (304, etag.as_str()));
+    // `*` holds any answer; the 304 carries the tag a 200 would.
+    let (status, h, _) = get(&url, &[("if-none-match", "*")]).await;
+    assert_eq!((status, header(&h, "etag")), (304, etag.as_str()));
+    // Not entity tags of this answer: a quoted `*`, unquoted text.
+    let bare = etag.trim_matches('"').to_string();
+    for held in ["\"*\"", "W/\"*\"", bare.as_str()] {
+        let (status, _, _) = get(&url, &[("if-none-match", held)]).await;
+        assert_eq!(status, 200, "{held}");
+    }
 
     // Each coding decodes to the plain answer; its tag is its own, and
     // revalidates the same answer.

@@ -30,21 +30,41 @@ const HISTOGRAM_PARAMS: &[&str] = &[
     "block_ids",
 ];
 
-/// The range query.
-pub async fn bins(
-    state: web::Data<AppState>,
-    path: web::Path<i64>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let p = Params::parse(req.query_string(), BIN_PARAMS)?;
-    let query = BinQuery {
+/// Parses a range query's query string (the handler's, and the fuzz
+/// target's, one way in).
+pub fn bin_query(query_string: &str) -> Result<BinQuery, ApiError> {
+    let p = Params::parse(query_string, BIN_PARAMS)?;
+    Ok(BinQuery {
         start: p.instant("start")?,
         end: p.instant("end")?,
         width: p.bin_width()?,
         origin: p.instant("origin")?.unwrap_or(0),
         filter: p.filter()?,
         format: format(&p)?,
+        holds: Vec::new(),
+    })
+}
+
+/// Parses a histogram's query string.
+pub fn histogram_query(query_string: &str) -> Result<HistogramQuery, ApiError> {
+    let p = Params::parse(query_string, HISTOGRAM_PARAMS)?;
+    Ok(HistogramQuery {
+        bin_minutes: p.positive("bin_duration_minutes")?,
+        num_bins: p.positive("num_bins")?.unwrap_or(50),
+        filter: p.filter()?,
+        holds: Vec::new(),
+    })
+}
+
+/// The range query.
+pub async fn bins(
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = BinQuery {
         holds: holds(&req),
+        ..bin_query(req.query_string())?
     };
     let answer = state.query.bins(path.into_inner(), &query).await?;
     Ok(answer_response(&req, answer).await)
@@ -56,12 +76,9 @@ pub async fn histogram(
     path: web::Path<i64>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let p = Params::parse(req.query_string(), HISTOGRAM_PARAMS)?;
     let query = HistogramQuery {
-        bin_minutes: p.positive("bin_duration_minutes")?,
-        num_bins: p.positive("num_bins")?.unwrap_or(50),
-        filter: p.filter()?,
         holds: holds(&req),
+        ..histogram_query(req.query_string())?
     };
     let answer = state.query.histogram(path.into_inner(), &query).await?;
     Ok(answer_response(&req, answer).await)

@@ -11,6 +11,8 @@ mod negotiate;
 mod params;
 mod schedules;
 
+pub use bins::{bin_query, histogram_query};
+
 use crate::ingest::IngestService;
 use crate::metrics::Metrics;
 use crate::query::QueryService;
@@ -50,18 +52,24 @@ pub struct AppState {
     pub limits: HttpLimits,
 }
 
+/// A read route: `GET`, and `HEAD` (the same answer without its body,
+/// which actix leaves out).
+fn read() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // The router tries patterns in order and each `{id}` pattern costs a
     // regex match: the hot read route comes first.
-    cfg.route("/v1/schedules/{id}/bins", web::get().to(bins::bins))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi))
+    cfg.route("/v1/schedules/{id}/bins", read().to(bins::bins))
+        .route("/healthz", read().to(healthz))
+        .route("/readyz", read().to(readyz))
+        .route("/metrics", read().to(metrics))
+        .route("/openapi.json", read().to(openapi))
         .route("/v1/schedules", web::post().to(schedules::upload))
-        .route("/v1/schedules", web::get().to(schedules::list))
-        .route("/v1/schedules/{id}", web::get().to(schedules::get))
+        .route("/v1/schedules", read().to(schedules::list))
+        .route("/v1/schedules/{id}", read().to(schedules::get))
         .route("/v1/schedules/{id}", web::delete().to(schedules::delete))
         .route(
             "/v1/schedules/{id}/blocks",
@@ -69,11 +77,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route(
             "/v1/schedules/{id}/visibility-histogram",
-            web::get().to(bins::histogram),
+            read().to(bins::histogram),
         )
-        .route("/v1/jobs/{id}", web::get().to(schedules::job))
-        .route("/", web::get().to(assets::index))
-        .route("/assets/{name}", web::get().to(assets::file))
+        .route("/v1/jobs/{id}", read().to(schedules::job))
+        .route("/", read().to(assets::index))
+        .route("/assets/{name}", read().to(assets::file))
         .app_data(web::PathConfig::default().error_handler(|e, _| {
             ApiError::bad_request(
                 "invalid_parameter",
@@ -106,29 +114,36 @@ pub const ROUTES: [(&str, &[&str]); 12] = [
 async fn unrouted(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
     let template = route_template(req.path());
     match ROUTES.iter().find(|(t, _)| *t == template) {
-        Some((_, methods)) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!(
-                "{} does not take {}; it takes {}",
-                template,
-                req.method(),
-                methods.join(", ")
-            ),
-        )
-        .with_header("Allow", methods.join(", "))),
+        Some((_, methods)) => {
+            let mut allowed = methods.to_vec();
+            if allowed.contains(&"GET") {
+                allowed.insert(
+                    allowed.iter().position(|m| *m == "GET").unwrap() + 1,
+                    "HEAD",
+                );
+            }
+            let methods = allowed;
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} does not take {}; it takes {}",
+                    template,
+                    req.method(),
+                    methods.join(", ")
+                ),
+            )
+            .with_header("Allow", methods.join(", ")))
+        }
         None => Err(ApiError::not_found("no such route; see /openapi.json")),
     }
 }
 
 /// The route template a path falls under (`unmatched` for any other path,
 /// so that label values stay bounded). A segment match, not actix's
-/// `match_pattern`, which runs the router's regexes a second time.
+/// `match_pattern`, which runs the router's regexes a second time. A
+/// trailing slash is another path, as it is to the router: `404`, not `405`.
 fn route_template(path: &str) -> &'static str {
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
     ROUTES
         .iter()
         .map(|(t, _)| t)
@@ -218,6 +233,7 @@ where
             .as_ref()
             .map_or(Duration::MAX, |s| s.limits.request_timeout);
         let call = srv.call(req);
+        let id = request_id.clone();
         Box::pin(async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(res) => res.map(ServiceResponse::map_into_left_body),
@@ -232,6 +248,8 @@ where
                         timeout.as_secs()
                     ),
                 )
+                // Actix answers an error without passing back here.
+                .with_header("X-Request-Id", id)
                 .into()),
             }
         })
@@ -346,5 +364,7 @@ mod tests {
         assert_eq!(route_template("/"), "/");
         assert_eq!(route_template("/assets/viewer.js"), "/assets/{name}");
         assert_eq!(route_template("/assets/"), "unmatched");
+        assert_eq!(route_template("/v1/schedules/"), "unmatched");
+        assert_eq!(route_template("/healthz/"), "unmatched");
     }
 }

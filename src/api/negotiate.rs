@@ -38,8 +38,11 @@ pub fn accepted_coding(req: &HttpRequest) -> Coding {
     best.2
 }
 
-/// The entity tags of `If-None-Match`, as sent (quotes and all), with
-/// their opaque parts (no `W/`, no quotes, no coding suffix).
+/// The entity tags of `If-None-Match`: each in its strong form (`"…"`, the
+/// tag a `200` carries) with its opaque part (no coding suffix). `*` (any
+/// answer) is `("*", "*")`. What is not an entity tag (unquoted text) and
+/// the literal tag `"*"` are dropped: neither can be a tag this server
+/// gave out.
 pub fn held_tags(req: &HttpRequest) -> Vec<(String, String)> {
     let Some(value) = req
         .headers()
@@ -52,13 +55,20 @@ pub fn held_tags(req: &HttpRequest) -> Vec<(String, String)> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| {
-            let bare = t.strip_prefix("W/").unwrap_or(t).trim_matches('"');
+        .filter_map(|t| {
+            if t == "*" {
+                return Some(("*".to_string(), "*".to_string()));
+            }
+            let quoted = t.strip_prefix("W/").unwrap_or(t);
+            let bare = quoted.strip_prefix('"')?.strip_suffix('"')?;
+            if bare.is_empty() || bare.contains('"') || bare == "*" {
+                return None;
+            }
             let opaque = ["-gzip", "-br", "-zstd"]
                 .iter()
                 .find_map(|s| bare.strip_suffix(s))
                 .unwrap_or(bare);
-            (t.to_string(), opaque.to_string())
+            Some((format!("\"{bare}\""), opaque.to_string()))
         })
         .collect()
 }
@@ -72,13 +82,19 @@ pub async fn respond(
     headers: impl FnOnce(&mut HttpResponseBuilder),
 ) -> HttpResponse {
     let Some(body) = body else {
-        let echoed = held_tags(req)
-            .into_iter()
-            .find(|(_, opaque)| opaque == tag || opaque == "*")
-            .map(|(raw, _)| raw)
-            .unwrap_or_else(|| format!("\"{tag}\""));
+        // The tag a 200 would carry: the one the client matched with, or
+        // for `*` the tag in the coding it accepts (the body, which alone
+        // tells whether it is worth compressing, is not at hand).
+        let held = held_tags(req);
+        let etag = match held.into_iter().find(|(_, opaque)| opaque == tag) {
+            Some((strong, _)) => strong,
+            None => match accepted_coding(req).token() {
+                None => format!("\"{tag}\""),
+                Some(t) => format!("\"{tag}-{t}\""),
+            },
+        };
         let mut r = HttpResponse::NotModified();
-        r.insert_header((header::ETAG, echoed))
+        r.insert_header((header::ETAG, etag))
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header((header::VARY, "Accept-Encoding"));
         headers(&mut r);
@@ -125,7 +141,20 @@ mod tests {
         let req = TestRequest::default()
             .insert_header((header::IF_NONE_MATCH, "W/\"ab-gzip\", \"cd\" , *"))
             .to_http_request();
-        let tags: Vec<String> = held_tags(&req).into_iter().map(|t| t.1).collect();
-        assert_eq!(tags, vec!["ab", "cd", "*"]);
+        let tags = held_tags(&req);
+        let opaque: Vec<&str> = tags.iter().map(|t| t.1.as_str()).collect();
+        assert_eq!(opaque, vec!["ab", "cd", "*"]);
+        assert_eq!(tags[0].0, "\"ab-gzip\"");
+    }
+
+    #[test]
+    fn what_is_not_an_entity_tag_is_dropped() {
+        let req = TestRequest::default()
+            .insert_header((header::IF_NONE_MATCH, "ab, \"*\", W/\"*\", \"\", \"x\""))
+            .to_http_request();
+        assert_eq!(
+            held_tags(&req),
+            vec![("\"x\"".to_string(), "x".to_string())]
+        );
     }
 }

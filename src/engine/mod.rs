@@ -20,4 +20,4 @@ pub use blocks::{BlockTable, Categories, Filter, Quartile};
 pub use count::{count_bins, BinCounts, Column, COLUMNS};
 pub use grid::{BinRange, Grid};
 pub use periods::PeriodColumns;
-pub use summary::{summarize, Summary, SUMMARY_BIN_SECONDS};
+pub use summary::{summarize, Summary, VisibleTally, SUMMARY_BIN_SECONDS};

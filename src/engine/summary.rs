@@ -27,10 +27,28 @@ pub struct Summary {
     pub mean_visible_per_bin: f64,
 }
 
-/// Summarises `blocks`; `range_bins` are the counters of the default range
-/// query (`bin=900`, `origin=0`, the schedule's range), `None` when the
-/// schedule has no range.
-pub fn summarize(blocks: &BlockTable, range_bins: Option<&BinCounts>) -> Summary {
+/// The visible counts of the default range query (`bin=900`, `origin=0`,
+/// the schedule's range), tallied piece by piece so that a long range is
+/// never held whole; empty when the schedule has no range.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VisibleTally {
+    bins: u64,
+    max: u32,
+    sum: u64,
+}
+
+impl VisibleTally {
+    /// Accounts for the bins of `counts` (the pieces must not overlap).
+    pub fn add(&mut self, counts: &BinCounts) {
+        let visible = counts.column(Column::Visible);
+        self.bins += visible.len() as u64;
+        self.max = visible.iter().copied().fold(self.max, u32::max);
+        self.sum += visible.iter().map(|&v| u64::from(v)).sum::<u64>();
+    }
+}
+
+/// Summarises `blocks` given the tally of the default range query.
+pub fn summarize(blocks: &BlockTable, visible: &VisibleTally) -> Summary {
     let mut quartiles = [0u64; 4];
     let mut scheduled = 0u64;
     let mut with_visibility = 0u64;
@@ -41,8 +59,6 @@ pub fn summarize(blocks: &BlockTable, range_bins: Option<&BinCounts>) -> Summary
         scheduled += u64::from(blocks.is_scheduled(i));
         with_visibility += u64::from(blocks.period_count(i) > 0);
     }
-    let visible = range_bins.map(|b| b.column(Column::Visible)).unwrap_or(&[]);
-    let total: u64 = visible.iter().map(|&v| u64::from(v)).sum();
     Summary {
         total_blocks: blocks.len() as u64,
         blocks_with_visibility: with_visibility,
@@ -55,12 +71,12 @@ pub fn summarize(blocks: &BlockTable, range_bins: Option<&BinCounts>) -> Summary
         scheduled_blocks: scheduled,
         unscheduled_blocks: blocks.len() as u64 - scheduled,
         bin_seconds: SUMMARY_BIN_SECONDS,
-        total_bins: visible.len() as u64,
-        max_visible_in_bin: visible.iter().copied().max().unwrap_or(0),
-        mean_visible_per_bin: if visible.is_empty() {
+        total_bins: visible.bins,
+        max_visible_in_bin: visible.max,
+        mean_visible_per_bin: if visible.bins == 0 {
             0.0
         } else {
-            total as f64 / visible.len() as f64
+            visible.sum as f64 / visible.bins as f64
         },
     }
 }

@@ -456,7 +456,7 @@ impl IngestService {
         let format = body.format;
         let acc = Accumulator::new(held, (self.limits.max_blocks, self.limits.max_periods));
         let (header, acc) = match format {
-            BodyFormat::Json => self.parse_json(body, acc).await?,
+            BodyFormat::Json => self.parse_json(body, expect_header, acc).await?,
             BodyFormat::Ndjson => self.parse_ndjson(body, expect_header, acc).await?,
         };
         self.metrics
@@ -476,6 +476,7 @@ impl IngestService {
     async fn parse_json(
         &self,
         body: Body,
+        with_header: bool,
         mut acc: Accumulator,
     ) -> Result<(Option<Header>, Accumulator), IngestError> {
         let bytes = read_all(
@@ -485,7 +486,7 @@ impl IngestService {
         )
         .await?;
         let parsed = tokio::task::spawn_blocking(move || {
-            let doc = parse_document(&bytes)?;
+            let doc = parse_document(&bytes, with_header)?;
             drop(bytes);
             acc.stats.empty_periods_dropped = doc.empty_periods_dropped;
             acc.add(doc.blocks)?;

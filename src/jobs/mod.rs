@@ -9,7 +9,7 @@
 //! replica died) for schedules still without a summary — never the live
 //! jobs of another replica.
 
-use crate::engine::{BinCounts, BinRange, Grid, SUMMARY_BIN_SECONDS};
+use crate::engine::{BinRange, Grid, VisibleTally, SUMMARY_BIN_SECONDS};
 use crate::metrics::Metrics;
 use crate::query::QueryService;
 use crate::store::{JobRow, ScheduleRow, Store};
@@ -143,8 +143,8 @@ impl Jobs {
         // rather than reading windows while a load runs behind.
         self.query.preload(&head).await?;
         let head = Arc::new(head);
-        let summary = match self.range_bins(&job, &head).await? {
-            Some(counts) => self.query.summary(&head, counts.as_ref()).await?,
+        let summary = match self.range_tally(&job, &head).await? {
+            Some(tally) => self.query.summary(&head, &tally).await?,
             None => None,
         };
         // `None`: an append while the job ran supersedes it; the newer job
@@ -157,34 +157,40 @@ impl Jobs {
         Ok(())
     }
 
-    /// The default range query's bins (`bin=900`, `origin=0`, the range) at
-    /// the job's version, computed step by step: `Some(None)` without a
-    /// range, `None` when the schedule moved past the job's version.
-    async fn range_bins(
+    /// The tally of the default range query's bins (`bin=900`, `origin=0`,
+    /// the range) at the job's version, computed step by step through the
+    /// cache tiers (which it warms), each step at most `VISBIN_MAX_BINS`
+    /// bins, so that even a range no query may ask for whole is summarised
+    /// in bounded memory; empty without a range, `None` when the schedule
+    /// moved past the job's version.
+    async fn range_tally(
         &self,
         job: &JobRow,
         head: &Arc<ScheduleRow>,
-    ) -> anyhow::Result<Option<Option<BinCounts>>> {
+    ) -> anyhow::Result<Option<VisibleTally>> {
+        let mut tally = VisibleTally::default();
         let (Some(s), Some(e)) = (head.range_start, head.range_end) else {
-            return Ok(Some(None));
+            return Ok(Some(tally));
         };
         if s >= e {
-            return Ok(Some(None));
+            return Ok(Some(tally));
         }
         let grid = Grid::new(SUMMARY_BIN_SECONDS, 0);
         let all = grid.cover(s, e);
-        let step = ((all.len() as i64 + STEPS - 1) / STEPS).max(1);
+        let step = ((all.len() as i64 + STEPS - 1) / STEPS)
+            .min(self.query.max_bins() as i64)
+            .max(1);
         let mut first = all.first;
         while first < all.end {
             let end = (first + step).min(all.end);
-            if self
+            let Some(counts) = self
                 .query
                 .summary_bins(head, BinRange { first, end })
                 .await?
-                .is_none()
-            {
+            else {
                 return Ok(None);
-            }
+            };
+            tally.add(&counts);
             let done = (end - all.first) as f64 / all.len() as f64;
             self.store
                 .job_progress(
@@ -195,7 +201,7 @@ impl Jobs {
                 .await?;
             first = end;
         }
-        Ok(self.query.summary_bins(head, all).await?.map(Some))
+        Ok(Some(tally))
     }
 
     /// On start: re-creates the jobs whose lease expired, for schedules

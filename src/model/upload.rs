@@ -196,16 +196,45 @@ impl IdValue {
     }
 }
 
+/// Reads a derived struct from a JSON object only. Serde's derive also takes
+/// a list of the fields in declaration order (`[60000, 60001]` as a period,
+/// `[5, null, 1]` as a block), which the format does not have: such a body
+/// is refused rather than read by position.
+#[derive(Debug)]
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Object<T>, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData)).map(Object)
+    }
+}
+
+/// A period as written: an [`Object`] of [`PeriodFields`].
+type RawPeriod = Object<PeriodFields>;
+
 #[derive(Debug, Deserialize)]
-struct RawPeriod {
+struct PeriodFields {
     start: Option<Loose>,
     stop: Option<Loose>,
     start_mjd: Option<Loose>,
     end_mjd: Option<Loose>,
 }
 
+/// A block as written: an [`Object`] of [`BlockFields`].
+type RawBlock = Object<BlockFields>;
+
 #[derive(Debug, Deserialize)]
-struct RawBlock {
+struct BlockFields {
     id: Option<IdValue>,
     original_block_id: Option<IdValue>,
     priority: Option<Loose>,
@@ -213,8 +242,11 @@ struct RawBlock {
     scheduled_period: Option<RawPeriod>,
 }
 
+/// The header as written: an [`Object`] of [`HeaderFields`].
+type RawHeader = Object<HeaderFields>;
+
 #[derive(Debug, Deserialize)]
-struct RawHeader {
+struct HeaderFields {
     name: Option<IdValue>,
     schedule_period: Option<RawPeriod>,
 }
@@ -238,6 +270,7 @@ fn instant(v: Option<Loose>, field: &str, what: &dyn Fn() -> String) -> Result<i
 
 /// A period as `[start, end)` Unix seconds (possibly empty: start == end).
 fn period(raw: &RawPeriod, what: &dyn Fn() -> String) -> Result<(i64, i64), String> {
+    let raw = &raw.0;
     let (s, e) = if raw.start.is_some() || raw.stop.is_some() {
         (
             instant(raw.start, "start", what)?,
@@ -279,6 +312,7 @@ fn block_label(index: usize, identity: Option<&str>) -> String {
 
 /// Validates one raw block; `index` is its position (0-based) in the body.
 fn validate_block(raw: RawBlock, index: usize, dropped: &mut u64) -> Result<Block, String> {
+    let raw = raw.0;
     let identity = match (&raw.original_block_id, &raw.id) {
         (Some(v), _) => v.identity().ok_or_else(|| {
             format!(
@@ -326,7 +360,7 @@ fn validate_block(raw: RawBlock, index: usize, dropped: &mut u64) -> Result<Bloc
     })
 }
 
-fn validate_header(raw: RawHeader) -> Result<Header, String> {
+fn validate_header(raw: HeaderFields) -> Result<Header, String> {
     let name = match raw.name {
         Some(IdValue::Text(s)) => s,
         Some(_) => return Err("`name` must be a string".into()),
@@ -345,13 +379,18 @@ fn validate_header(raw: RawHeader) -> Result<Header, String> {
 // ---------------------------------------------------------------------------
 // The JSON document.
 
-/// Parses a whole JSON body: an upload document (`{"name", "blocks", …}`) or
-/// an append body (a bare array of blocks, or an object with `blocks`).
-pub fn parse_document(body: &[u8]) -> Result<ParsedDocument, InvalidUpload> {
+/// Parses a whole JSON body: an upload document (`{"name", "blocks", …}`,
+/// `with_header`) or an append body (a bare array of blocks, or an object
+/// with `blocks`, whose `name` and `schedule_period` are ignored like any
+/// other member: an append never changes them).
+pub fn parse_document(body: &[u8], with_header: bool) -> Result<ParsedDocument, InvalidUpload> {
     let current = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
     let raw = de
-        .deserialize_any(DocVisitor { current: &current })
+        .deserialize_any(DocVisitor {
+            current: &current,
+            with_header,
+        })
         .map_err(|e| block_json_error(e, current.get()))?;
     de.end().map_err(json_error)?;
     finish_document(raw)
@@ -396,6 +435,9 @@ struct RawHeaderParts {
 struct DocVisitor<'a> {
     /// Index of the block being read, for error messages.
     current: &'a Cell<Option<usize>>,
+    /// Whether the schedule-level members are read (an upload) or skipped
+    /// (an append).
+    with_header: bool,
 }
 
 impl<'de> Visitor<'de> for DocVisitor<'_> {
@@ -427,8 +469,10 @@ impl<'de> Visitor<'de> for DocVisitor<'_> {
         let mut dropped = 0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
-                "name" => header.name = map.next_value()?,
-                "schedule_period" => header.schedule_period = map.next_value()?,
+                "name" if self.with_header => header.name = map.next_value()?,
+                "schedule_period" if self.with_header => {
+                    header.schedule_period = map.next_value()?
+                }
                 "blocks" => {
                     blocks = Some(map.next_value_seed(BlocksVisitor {
                         dropped: &mut dropped,
@@ -445,7 +489,7 @@ impl<'de> Visitor<'de> for DocVisitor<'_> {
             }
         }
         Ok(RawDocument {
-            header: Some(header),
+            header: self.with_header.then_some(header),
             blocks,
             possible,
             dropped,
@@ -491,7 +535,7 @@ impl<'de> Visitor<'de> for BlocksVisitor<'_> {
 fn finish_document(raw: RawDocument) -> Result<ParsedDocument, InvalidUpload> {
     let header = match raw.header {
         Some(h) if h.name.is_some() || raw.blocks.is_none() || h.schedule_period.is_some() => {
-            Some(validate_header(RawHeader {
+            Some(validate_header(HeaderFields {
                 name: h.name,
                 schedule_period: h.schedule_period,
             })?)
@@ -548,7 +592,7 @@ fn finish_document(raw: RawDocument) -> Result<ParsedDocument, InvalidUpload> {
 pub fn parse_header_line(line: &[u8]) -> Result<Header, InvalidUpload> {
     let raw: RawHeader = serde_json::from_slice(line)
         .map_err(|e| InvalidUpload::new(format!("line 1 (the header): {}", json_error(e))))?;
-    validate_header(raw).map_err(|e| InvalidUpload::new(format!("line 1 (the header): {e}")))
+    validate_header(raw.0).map_err(|e| InvalidUpload::new(format!("line 1 (the header): {e}")))
 }
 
 /// Parses one NDJSON block line; `line_no` is 1-based, `index` the block's
@@ -619,7 +663,7 @@ mod tests {
 
     #[test]
     fn the_tsi_shape_parses_with_possible_periods_merged() {
-        let d = parse_document(FIXTURE.as_bytes()).unwrap();
+        let d = parse_document(FIXTURE.as_bytes(), true).unwrap();
         let h = d.header.unwrap();
         assert_eq!(h.schedule_period, Some((1_737_244_800, 1_737_849_600)));
         assert_eq!(d.blocks.len(), 2);
@@ -629,7 +673,7 @@ mod tests {
     }
 
     fn err(body: &str) -> String {
-        parse_document(body.as_bytes()).unwrap_err().detail
+        parse_document(body.as_bytes(), true).unwrap_err().detail
     }
 
     #[test]
@@ -667,10 +711,38 @@ mod tests {
     }
 
     #[test]
+    fn lists_are_not_read_as_objects() {
+        // Serde's derive would read these by field position.
+        let e = err(r#"{"name":"x","blocks":[[5,null,1,null,null]]}"#);
+        assert!(e.contains("expected an object"), "{e}");
+        let e = err(
+            r#"{"name":"x","blocks":[{"id":1,"priority":1,"visibility_periods":[[60000,60001]]}]}"#,
+        );
+        assert!(
+            e.contains("block #0") && e.contains("expected an object"),
+            "{e}"
+        );
+        let e = err(r#"{"name":"x","schedule_period":[60000,60001],"blocks":[]}"#);
+        assert!(e.contains("expected an object"), "{e}");
+        assert!(parse_block_line(br#"[1,null,2]"#, 2, 0).is_err());
+        assert!(parse_header_line(br#"["x"]"#).is_err());
+    }
+
+    #[test]
+    fn an_append_object_ignores_the_schedule_members() {
+        let body = br#"{"name":5,"schedule_period":{"start":2,"stop":1},"blocks":[{"id":1,"priority":1}]}"#;
+        let d = parse_document(body, false).unwrap();
+        assert!(d.header.is_none());
+        assert_eq!(d.blocks.len(), 1);
+        assert!(parse_document(body, true).is_err());
+    }
+
+    #[test]
     fn empty_periods_are_dropped_and_counted() {
         let d = parse_document(
             br#"{"name":"x","blocks":[{"id":1,"priority":1,"visibility_periods":[{"start":60000,"stop":60000},{"start":60000,"stop":60001}]}],
                 "possible_periods":{"1":[{"start_mjd":60002,"end_mjd":60002}]}}"#,
+            true,
         )
         .unwrap();
         assert_eq!(d.empty_periods_dropped, 2);

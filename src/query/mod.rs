@@ -294,6 +294,11 @@ impl QueryService {
         &self.periods
     }
 
+    /// The most bins one answer may have (`VISBIN_MAX_BINS`).
+    pub fn max_bins(&self) -> u64 {
+        self.limits.max_bins
+    }
+
     /// Bytes of serialized answers held.
     pub fn response_bytes(&self) -> u64 {
         self.responses.weighted_size()

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::cache::CacheKey;
-use crate::engine::{summarize, Summary, SUMMARY_BIN_SECONDS};
+use crate::engine::{summarize, Summary, VisibleTally, SUMMARY_BIN_SECONDS};
 
 impl QueryService {
     /// The counters of bins `bins` of the default range query (`bin=900`,
@@ -25,12 +25,12 @@ impl QueryService {
         })
     }
 
-    /// The summary of `head.version` given the counters of its whole
-    /// default range; `None` when the schedule moved past that version.
+    /// The summary of `head.version` given the tally of its whole default
+    /// range; `None` when the schedule moved past that version.
     pub async fn summary(
         &self,
         head: &ScheduleRow,
-        range_bins: Option<&BinCounts>,
+        range: &VisibleTally,
     ) -> Result<Option<Summary>, QueryError> {
         let blocks = self
             .blocks
@@ -41,6 +41,6 @@ impl QueryService {
         if blocks.len() as i64 != head.block_count {
             return Ok(None);
         }
-        Ok(Some(summarize(&blocks, range_bins)))
+        Ok(Some(summarize(&blocks, range)))
     }
 }

@@ -14,7 +14,7 @@
 # Knobs: MAX_EXAMPLES (per operation and phase, default 100), SEED (default 1;
 # `random` for a new one each run), WORKERS (default 1), SCHEMA (default
 # $BASE_URL/openapi.json; a file path tests a document the server does not
-# serve yet). The JUnit report goes to tests/schemathesis/report/.
+# serve yet). The JUnit report goes to tests/schemathesis/report/junit.xml.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,7 +40,13 @@ if [[ ! -x "$venv/bin/schemathesis" || ! -f "$stamp" || "$(cat "$stamp")" != "$w
   echo "$want" > "$stamp"
 fi
 
-if ! curl -fsS --max-time 10 "$base/readyz" >/dev/null; then
+# The server should be up already; give it half a minute to become ready.
+ready=0
+for _ in $(seq 1 60); do
+  if curl -fs --max-time 5 "$base/readyz" >/dev/null; then ready=1; break; fi
+  sleep 0.5
+done
+if [[ "$ready" != 1 ]]; then
   echo "run.sh: $base/readyz does not answer 200; start the server first" >&2
   exit 2
 fi
@@ -95,7 +101,7 @@ status=0
   --wait-for-schema 30 \
   --generation-database none \
   --report junit \
-  --report-dir "$here/report" \
+  --report-junit-path "$here/report/junit.xml" \
   --no-color \
   "$@" || status=$?
 exit "$status"
