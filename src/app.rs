@@ -77,7 +77,7 @@ impl Application {
             Duration::from_secs(config.job_lease),
             tokio::runtime::Handle::current(),
         );
-        let resumed = jobs.resume().await?;
+        let resumed = jobs.resume(true).await?;
         if resumed > 0 {
             tracing::info!(
                 resumed,

@@ -77,7 +77,7 @@ pub struct ServeConfig {
 
     /// Most bins one range query may ask for; more is refused with a width
     /// that fits.
-    #[arg(long, env = "VISBIN_MAX_BINS", default_value_t = 200_000)]
+    #[arg(long, env = "VISBIN_MAX_BINS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 200_000)]
     pub max_bins: u64,
 
     /// Largest accepted request body (uploads and appends, JSON or NDJSON).
@@ -103,23 +103,23 @@ pub struct ServeConfig {
 
     /// Seconds a request may take in all before it is answered 503 (and
     /// whatever it was writing rolled back).
-    #[arg(long, env = "VISBIN_REQUEST_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "VISBIN_REQUEST_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
     pub request_timeout: u64,
 
     /// Seconds an upload's body may pause between two pieces before it is
     /// answered 408 (a slow client cannot hold an upload open).
-    #[arg(long, env = "VISBIN_BODY_READ_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "VISBIN_BODY_READ_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 30)]
     pub body_read_timeout: u64,
 
     /// Bin computations that may run at once (loading periods and counting
     /// bins no cache tier holds); beyond it up to four times as many wait,
     /// and more are answered 503 with Retry-After. Summary jobs wait.
-    #[arg(long, env = "VISBIN_MAX_COMPUTATIONS", default_value_t = 8)]
+    #[arg(long, env = "VISBIN_MAX_COMPUTATIONS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 8)]
     pub max_computations: usize,
 
     /// Seconds a request waits for a database connection before it is
     /// answered 503 (the database is unreachable or saturated).
-    #[arg(long, env = "VISBIN_DB_TIMEOUT", default_value_t = 3)]
+    #[arg(long, env = "VISBIN_DB_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 3)]
     pub db_timeout: u64,
 
     /// Seconds in-flight requests get to finish after SIGTERM or SIGINT
@@ -143,13 +143,13 @@ pub struct ServeConfig {
     pub cache_write_queue: usize,
 
     /// Summary jobs that may run at the same time.
-    #[arg(long, env = "VISBIN_JOB_CONCURRENCY", default_value_t = 2)]
+    #[arg(long, env = "VISBIN_JOB_CONCURRENCY", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 2)]
     pub job_concurrency: usize,
 
     /// Seconds a replica's claim on a summary job lasts without its
     /// heartbeat (renewed every third of it); a job whose replica died is
     /// taken over by another (or the restarted one) after that.
-    #[arg(long, env = "VISBIN_JOB_LEASE", default_value_t = 30)]
+    #[arg(long, env = "VISBIN_JOB_LEASE", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 30)]
     pub job_lease: u64,
 
     /// HTTP worker threads (default: one per core).

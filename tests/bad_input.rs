@@ -54,6 +54,14 @@ fn cases(existing: i64) -> Vec<Case> {
         Case { name: "missing priority", path: "/v1/schedules", content_type: "application/json",
             body: doc(json!([{"original_block_id": "p", "visibility_periods": []}])), status: 400,
             needles: &["block #0 (\"p\")", "missing `priority`"] },
+        Case { name: "NUL in an identity", path: "/v1/schedules", content_type: "application/json",
+            body: doc(json!([{"original_block_id": "a\u{0}b", "priority": 1}])), status: 400,
+            needles: &["block #0", "NUL character"] },
+        Case { name: "NUL in the name", path: "/v1/schedules", content_type: "application/json",
+            body: json!({"name": "x\u{0}", "blocks": []}).to_string(), status: 400,
+            needles: &["`name`", "NUL character"] },
+        Case { name: "a block as a list", path: "/v1/schedules", content_type: "application/json",
+            body: doc(json!([[5, null, 1]])), status: 400, needles: &["block #0", "expected an object"] },
         Case { name: "missing identity", path: "/v1/schedules", content_type: "application/json",
             body: doc(json!([{"priority": 1}])), status: 400, needles: &["block #0", "missing identity"] },
         Case { name: "duplicate identity", path: "/v1/schedules", content_type: "application/json",
@@ -118,6 +126,13 @@ async fn matrix(backend: Backend) {
             case.name
         );
     }
+    // A histogram bin wider than every supported instant range.
+    let id = existing["schedule_id"].as_i64().unwrap();
+    app.get(&format!(
+        "/v1/schedules/{id}/visibility-histogram?bin_duration_minutes=153722867280912930"
+    ))
+    .await
+    .assert_problem(400, &["bin_duration_minutes", "at most"]);
     app.stop().await;
 }
 

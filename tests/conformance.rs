@@ -158,7 +158,10 @@ async fn story(backend: Backend) {
     let mut described = described;
     described.sort();
     served.sort();
-    assert_eq!(described, served, "openapi.json and the routes table differ");
+    assert_eq!(
+        described, served,
+        "openapi.json and the routes table differ"
+    );
     app.stop().await;
 }
 

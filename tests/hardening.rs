@@ -404,7 +404,8 @@ async fn computations_beyond_the_bound_are_refused_with_retry_after() {
 async fn a_starting_replica_takes_over_only_jobs_whose_lease_expired() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = TestDb::new(backend).await;
-        let app = TestApp::start(&db, &[]).await;
+        // A long lease: the app's own heartbeat stays out of the way.
+        let app = TestApp::start(&db, &["--job-lease", "3600"]).await;
         let store = app.store();
         let up = app.upload(&small_doc("lease", 3)).await;
         let id = up["schedule_id"].as_i64().unwrap();
@@ -448,14 +449,14 @@ async fn a_starting_replica_takes_over_only_jobs_whose_lease_expired() {
         .await;
         // Another replica starting now leaves the live job alone …
         assert!(store
-            .recreate_jobs("replica-b", now, lease)
+            .recreate_jobs("replica-b", now, lease, false)
             .await
             .unwrap()
             .is_empty());
         // … and once its lease has run out, fails it and makes a new one.
         let later = now + lease + 1;
         let made = store
-            .recreate_jobs("replica-b", later, lease)
+            .recreate_jobs("replica-b", later, lease, false)
             .await
             .unwrap();
         assert_eq!(made.len(), 1, "{backend:?}");
@@ -475,10 +476,28 @@ async fn a_starting_replica_takes_over_only_jobs_whose_lease_expired() {
             1
         );
         assert!(store
-            .recreate_jobs("replica-c", later + lease + 1, lease)
+            .recreate_jobs("replica-c", later + lease + 1, lease, false)
             .await
             .unwrap()
             .is_empty());
+        // A job that failed of an error: a finished job reports no
+        // progress, a heartbeat does not retry it, a start does.
+        store.job_failed(made[0].id, "boom").await.unwrap();
+        assert!(!store.job_progress(made[0].id, 0.5, "late").await.unwrap());
+        let far = later + 10 * lease;
+        assert!(store
+            .recreate_jobs("replica-c", far, lease, false)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .recreate_jobs("replica-c", far, lease, true)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         app.stop().await;
     }
 }

@@ -161,6 +161,14 @@ async fn answers_revalidate_and_compress() {
     let tag = header(&h, "etag").to_string();
     let (status, _, _) = get(&hist, &[("if-none-match", &tag)]).await;
     assert_eq!(status, 304);
+    // `*` on a small answer: the 304's tag is the uncompressed one a 200
+    // carries, whatever the client accepts.
+    let (status, h, _) = get(
+        &hist,
+        &[("accept-encoding", "gzip"), ("if-none-match", "*")],
+    )
+    .await;
+    assert_eq!((status, header(&h, "etag")), (304, tag.as_str()));
     app.stop().await;
 }
 
@@ -213,5 +221,52 @@ async fn the_viewer_page_is_served_from_the_binary() {
     );
     let (status, _, _) = get(&app.url("/assets/nope.js"), &[]).await;
     assert_eq!(status, 404);
+    app.stop().await;
+}
+
+/// DESIGN §5: every response over 1 KiB is compressed when the client
+/// accepts it, not only the cached answers; small ones are sent as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_responses_over_a_kibibyte_are_compressed() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::start(&db, &[]).await;
+    for i in 0..4 {
+        let doc =
+            json!({"name": format!("s{i}"), "blocks": [block("a", 1.0, false, &[(T0, T0 + 60)])]});
+        let up = app.upload(&doc).await;
+        app.wait_job(up["job_id"].as_i64().unwrap()).await;
+    }
+    for path in ["/openapi.json", "/metrics", "/v1/schedules"] {
+        let url = app.url(path);
+        let (status, h, plain) = get(&url, &[]).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(plain.len() > 1024, "{path}: {} bytes", plain.len());
+        assert_eq!(header(&h, "content-encoding"), "", "{path}");
+        for coding in ["gzip", "br", "zstd"] {
+            let (status, h, body) = get(&url, &[("accept-encoding", coding)]).await;
+            assert_eq!(status, 200, "{path}");
+            assert_eq!(header(&h, "content-encoding"), coding, "{path}");
+            assert_eq!(header(&h, "vary"), "Accept-Encoding", "{path}");
+            let got = decode(coding, &body);
+            if path != "/metrics" {
+                // Metrics move between two scrapes; the others do not.
+                assert_eq!(got, plain, "{path} {coding}");
+            } else {
+                assert!(String::from_utf8(got)
+                    .unwrap()
+                    .contains("visbin_build_info"));
+            }
+        }
+    }
+    // The document revalidates like the page's files.
+    let (_, h, _) = get(&app.url("/openapi.json"), &[]).await;
+    let tag = header(&h, "etag").to_string();
+    let (status, _, _) = get(&app.url("/openapi.json"), &[("if-none-match", &tag)]).await;
+    assert_eq!(status, 304);
+    // A small answer stays uncompressed.
+    let (status, h, body) = get(&app.url("/v1/jobs/1"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, 200);
+    assert!(body.len() < 1024);
+    assert_eq!(header(&h, "content-encoding"), "");
     app.stop().await;
 }

@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::negotiate::{held_tags, respond};
 use super::params::Params;
 use super::AppState;
+use crate::model::time::{UNIX_MAX, UNIX_MIN};
 use crate::query::{Answer, BinQuery, Format, HistogramQuery};
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -48,8 +49,19 @@ pub fn bin_query(query_string: &str) -> Result<BinQuery, ApiError> {
 /// Parses a histogram's query string.
 pub fn histogram_query(query_string: &str) -> Result<HistogramQuery, ApiError> {
     let p = Params::parse(query_string, HISTOGRAM_PARAMS)?;
+    let bin_minutes = p.positive("bin_duration_minutes")?;
+    // Wider than every supported instant range would overflow the grid.
+    let widest = (UNIX_MAX - UNIX_MIN) / 60;
+    if bin_minutes.is_some_and(|m| m > widest) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "`bin_duration_minutes` must be at most {widest} (the supported instant range)"
+            ),
+        ));
+    }
     Ok(HistogramQuery {
-        bin_minutes: p.positive("bin_duration_minutes")?,
+        bin_minutes,
         num_bins: p.positive("num_bins")?.unwrap_or(50),
         filter: p.filter()?,
         holds: Vec::new(),

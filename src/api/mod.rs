@@ -195,6 +195,23 @@ fn refusal(req: &ServiceRequest, state: &AppState) -> Option<ApiError> {
     })
 }
 
+/// The `method` label: the standard methods, else `other` (any token is a
+/// method to HTTP, and label values must stay bounded).
+fn method_label(m: &Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// Routes whose requests are logged at debug level only.
 const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
@@ -263,7 +280,7 @@ where
                     if let Some(s) = &state {
                         s.metrics
                             .http_duration
-                            .with_label_values(&[method.as_str(), route, status.as_str(), "none"])
+                            .with_label_values(&[method_label(&method), route, status.as_str(), "none"])
                             .observe(started.elapsed().as_secs_f64());
                         s.metrics.http_latency.observe(route, started.elapsed());
                     }
@@ -284,7 +301,7 @@ where
             if let Some(s) = state {
                 s.metrics
                     .http_duration
-                    .with_label_values(&[method.as_str(), route, status.as_str(), &cache])
+                    .with_label_values(&[method_label(&method), route, status.as_str(), &cache])
                     .observe(elapsed.as_secs_f64());
                 s.metrics.http_latency.observe(route, elapsed);
             }
@@ -309,7 +326,7 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     }
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
     let m = &state.metrics;
     let up = matches!(
         tokio::time::timeout(Duration::from_secs(1), state.store.ready()).await,
@@ -329,20 +346,44 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.period_bytes
         .set(state.query.periods().weighted_size() as i64);
     m.response_bytes.set(state.query.response_bytes() as i64);
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(m.render())
+    negotiate::compressed(
+        &req,
+        "text/plain; version=0.0.4; charset=utf-8",
+        m.render().into(),
+    )
+    .await
 }
 
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
+/// `GET /openapi.json`: a file like the page's, with its tag and its
+/// compressed forms made once.
+async fn openapi(req: actix_web::HttpRequest) -> HttpResponse {
+    static DOCUMENT: std::sync::OnceLock<Arc<crate::query::Encoded>> = std::sync::OnceLock::new();
+    let doc = DOCUMENT.get_or_init(|| {
+        crate::query::Encoded::new(
+            bytes::Bytes::from_static(OPENAPI.as_bytes()),
+            "application/json",
+            crate::query::tag_of(OPENAPI),
+        )
+    });
+    let held = negotiate::held_tags(&req)
+        .iter()
+        .any(|(_, opaque)| *opaque == *doc.tag);
+    negotiate::respond(&req, (!held).then_some(doc), &doc.tag, |_| {}).await
 }
 
 #[cfg(test)]
 mod tests {
-    use super::route_template;
+    use super::{method_label, route_template};
+    use actix_web::http::Method;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"RANDOM123").unwrap()),
+            "other"
+        );
+    }
 
     #[test]
     fn paths_map_to_their_route_templates_and_nothing_else() {

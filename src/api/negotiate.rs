@@ -8,7 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use std::sync::Arc;
 
 /// The coding to use for `Accept-Encoding`: the accepted one with the
-/// highest weight; among equals brotli, then zstd, then gzip.
+/// highest weight; among equals brotli, then zstd, then gzip. `*` weighs
+/// the codings the header does not name.
 pub fn accepted_coding(req: &HttpRequest) -> Coding {
     let Some(value) = req
         .headers()
@@ -17,7 +18,9 @@ pub fn accepted_coding(req: &HttpRequest) -> Coding {
     else {
         return Coding::Identity;
     };
-    let mut best = (0.0f32, 0u8, Coding::Identity);
+    // Weights of br, zstd, gzip as named, and of `*`.
+    let mut named: [Option<f32>; 3] = [None; 3];
+    let mut any: Option<f32> = None;
     for part in value.split(',') {
         let mut it = part.split(';');
         let name = it.next().unwrap_or("").trim().to_ascii_lowercase();
@@ -25,17 +28,26 @@ pub fn accepted_coding(req: &HttpRequest) -> Coding {
             .filter_map(|p| p.trim().strip_prefix("q="))
             .find_map(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
-        let (coding, rank) = match name.as_str() {
-            "br" | "*" => (Coding::Br, 3),
-            "zstd" => (Coding::Zstd, 2),
-            "gzip" | "x-gzip" => (Coding::Gzip, 1),
-            _ => continue,
-        };
-        if q > 0.0 && (q, rank) > (best.0, best.1) {
-            best = (q, rank, coding);
+        match name.as_str() {
+            "br" => named[0] = Some(q),
+            "zstd" => named[1] = Some(q),
+            "gzip" | "x-gzip" => named[2] = Some(q),
+            "*" => any = Some(q),
+            _ => {}
         }
     }
-    best.2
+    let mut best = (0.0f32, Coding::Identity);
+    // In order of preference: a later coding wins only by weight.
+    for (i, coding) in [Coding::Br, Coding::Zstd, Coding::Gzip]
+        .into_iter()
+        .enumerate()
+    {
+        let q = named[i].or(any).unwrap_or(0.0);
+        if q > best.0 {
+            best = (q, coding);
+        }
+    }
+    best.1
 }
 
 /// The entity tags of `If-None-Match`: each in its strong form (`"…"`, the
@@ -73,35 +85,65 @@ pub fn held_tags(req: &HttpRequest) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A response made for one request (schedules, jobs, metrics): compressed
+/// in the accepted coding when over 1 KiB (DESIGN §5), with no entity tag.
+pub async fn compressed(
+    req: &HttpRequest,
+    content_type: &'static str,
+    bytes: bytes::Bytes,
+) -> HttpResponse {
+    let body = Encoded::new(bytes, content_type, Arc::from(""));
+    let coding = body.coding_for(accepted_coding(req));
+    let mut r = HttpResponse::Ok();
+    r.content_type(content_type)
+        .insert_header((header::VARY, "Accept-Encoding"));
+    if let Some(token) = coding.token() {
+        r.insert_header((header::CONTENT_ENCODING, token));
+    }
+    r.body(body.body(coding).await)
+}
+
+/// [`compressed`] JSON.
+pub async fn compressed_json(req: &HttpRequest, value: &serde_json::Value) -> HttpResponse {
+    let bytes = serde_json::to_vec(value).expect("a JSON value serializes");
+    compressed(req, "application/json", bytes.into()).await
+}
+
+/// `304 Not Modified` with entity tag `etag` and the cache headers.
+fn not_modified(etag: String, headers: impl FnOnce(&mut HttpResponseBuilder)) -> HttpResponse {
+    let mut r = HttpResponse::NotModified();
+    r.insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::VARY, "Accept-Encoding"));
+    headers(&mut r);
+    r.finish()
+}
+
 /// The answer, or `304 Not Modified` (`body` is `None` when the client
-/// holds it, `tag` is its opaque tag); `headers` adds the route's own.
+/// holds it, `tag` is its opaque tag; `If-None-Match: *` is answered here);
+/// `headers` adds the route's own.
 pub async fn respond(
     req: &HttpRequest,
     body: Option<&Arc<Encoded>>,
     tag: &str,
     headers: impl FnOnce(&mut HttpResponseBuilder),
 ) -> HttpResponse {
+    let held = held_tags(req);
     let Some(body) = body else {
-        // The tag a 200 would carry: the one the client matched with, or
-        // for `*` the tag in the coding it accepts (the body, which alone
-        // tells whether it is worth compressing, is not at hand).
-        let held = held_tags(req);
-        let etag = match held.into_iter().find(|(_, opaque)| opaque == tag) {
-            Some((strong, _)) => strong,
-            None => match accepted_coding(req).token() {
-                None => format!("\"{tag}\""),
-                Some(t) => format!("\"{tag}-{t}\""),
-            },
-        };
-        let mut r = HttpResponse::NotModified();
-        r.insert_header((header::ETAG, etag))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header((header::VARY, "Accept-Encoding"));
-        headers(&mut r);
-        return r.finish();
+        // The client holds the answer: the tag it matched with, strong.
+        let etag = held
+            .into_iter()
+            .find(|(_, opaque)| opaque == tag)
+            .map_or_else(|| format!("\"{tag}\""), |(strong, _)| strong);
+        return not_modified(etag, headers);
     };
     let coding = body.coding_for(accepted_coding(req));
+    // `*` holds any answer: a 304 with the tag a 200 would carry.
+    if held.iter().any(|(_, opaque)| opaque == "*") {
+        return not_modified(body.etag(coding), headers);
+    }
     let bytes = body.body(coding).await;
+
     let mut r = HttpResponse::Ok();
     r.content_type(body.content_type)
         .insert_header((header::ETAG, body.etag(coding)))
@@ -134,6 +176,9 @@ mod tests {
         assert_eq!(coding("br;q=0, gzip"), Coding::Gzip);
         assert_eq!(coding("deflate"), Coding::Identity);
         assert_eq!(coding("*"), Coding::Br);
+        assert_eq!(coding("br;q=0, *"), Coding::Zstd);
+        assert_eq!(coding("gzip, *;q=0.5"), Coding::Gzip);
+        assert_eq!(coding("*;q=0"), Coding::Identity);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Schedules and jobs: upload, append, list, get, delete, job status.
 
 use super::error::ApiError;
+use super::negotiate::compressed_json;
 use super::AppState;
 use crate::ingest::{Body, BodyFormat};
 use crate::store::{JobRow, ScheduleRow};
@@ -146,16 +147,18 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({
+    let page = json!({
         "schedules": rows.iter().map(schedule_detail).collect::<Vec<_>>(),
         "next_after": next,
-    })))
+    });
+    Ok(compressed_json(&req, &page).await)
 }
 
 /// `GET /v1/schedules/{id}`.
 pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<i64>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let s = state
@@ -163,7 +166,7 @@ pub async fn get(
         .schedule(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("schedule {id} does not exist")))?;
-    Ok(HttpResponse::Ok().json(schedule_detail(&s)))
+    Ok(compressed_json(&req, &schedule_detail(&s)).await)
 }
 
 /// `DELETE /v1/schedules/{id}`.
@@ -183,6 +186,7 @@ pub async fn delete(
 pub async fn job(
     state: web::Data<AppState>,
     path: web::Path<i64>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let j = state
@@ -190,5 +194,5 @@ pub async fn job(
         .job(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
-    Ok(HttpResponse::Ok().json(job_body(&j)))
+    Ok(compressed_json(&req, &job_body(&j)).await)
 }

@@ -69,7 +69,10 @@ impl Body {
 /// Reads the whole body into one buffer (sized from its declared length).
 pub async fn read_all(mut body: Body, limit: u64, pause: Duration) -> Result<Bytes, IngestError> {
     body.check_declared(limit)?;
-    let mut buf = BytesMut::with_capacity(body.length.unwrap_or(64 * 1024).min(limit) as usize);
+    // Only as much up front as a client cannot claim without sending it:
+    // a declared length is grown into as the bytes arrive.
+    let mut buf =
+        BytesMut::with_capacity(body.length.unwrap_or(64 * 1024).min(limit).min(1 << 20) as usize);
     while let Some(chunk) = body.next_piece(pause).await? {
         let chunk = chunk.map_err(IngestError::Unreadable)?;
         if (buf.len() + chunk.len()) as u64 > limit {

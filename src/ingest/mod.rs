@@ -406,8 +406,9 @@ impl IngestService {
 
     /// Starts a compaction check in the background (one per schedule at a
     /// time on this replica; a concurrent one elsewhere makes ours a no-op).
-    /// Appends that arrive while it runs join it, so it checks again until
-    /// nothing is left to merge (a few rounds at most).
+    /// An append that arrives while it runs joins it rather than starting
+    /// another; each run merges up to four rounds, so the groups such
+    /// appends add are merged by it or by the next append's run.
     fn compact_behind(&self, id: i64) {
         let (store, metrics, flights) = (
             self.store.clone(),

@@ -7,7 +7,10 @@
 //! keeps the lease ahead of the clock with a heartbeat. At start and at
 //! every heartbeat a replica re-creates the jobs whose lease expired (their
 //! replica died) for schedules still without a summary — never the live
-//! jobs of another replica.
+//! jobs of another replica. A runner whose job was taken over (its own
+//! heartbeat stalled past the lease) stops at its next progress report. A
+//! job that failed of an error is retried only when a replica starts, not
+//! at every heartbeat.
 
 use crate::engine::{BinRange, Grid, VisibleTally, SUMMARY_BIN_SECONDS};
 use crate::metrics::Metrics;
@@ -19,6 +22,10 @@ use tokio::sync::Semaphore;
 
 /// The range is computed in this many steps so progress moves visibly.
 const STEPS: i64 = 10;
+
+/// Why a runner stops when its job is no longer running: its lease
+/// expired (a stalled heartbeat) and another replica re-created it.
+const TAKEN_OVER: &str = "the job was taken over by another replica after its lease expired";
 
 /// Runs summary jobs on the main runtime, a few at a time.
 pub struct Jobs {
@@ -67,7 +74,7 @@ impl Jobs {
                 }
                 // Jobs of a replica that died (this one's previous life
                 // included) are taken over once their lease runs out.
-                match jobs.resume().await {
+                match jobs.resume(false).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(jobs = n, "took over summary jobs whose lease expired"),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "re-creating jobs failed"),
@@ -90,8 +97,8 @@ impl Jobs {
                     this.metrics.jobs.with_label_values(&["queued"]).dec();
                     return;
                 }
-                // Unclaimed, it is re-created by the next replica to start
-                // once its lease (counted from its creation) runs out.
+                // Unclaimed, it is re-created by the next heartbeat of any
+                // replica once its lease (counted from its creation) runs out.
                 Err(e) => {
                     tracing::warn!(job_id, error = %e, "claiming a job failed");
                     this.metrics.jobs.with_label_values(&["queued"]).dec();
@@ -136,9 +143,13 @@ impl Jobs {
             // A later append started a newer job; this one has nothing to add.
             return Ok(self.store.job_done(&job, "null").await?);
         }
-        self.store
+        if !self
+            .store
             .job_progress(job.id, 0.0, "loading periods")
-            .await?;
+            .await?
+        {
+            anyhow::bail!(TAKEN_OVER);
+        }
         // The job covers the whole range: load the periods once up front
         // rather than reading windows while a load runs behind.
         self.query.preload(&head).await?;
@@ -192,25 +203,30 @@ impl Jobs {
             };
             tally.add(&counts);
             let done = (end - all.first) as f64 / all.len() as f64;
-            self.store
+            let still_ours = self
+                .store
                 .job_progress(
                     job.id,
                     done * 0.99,
                     &format!("computed {} of {} bins", end - all.first, all.len()),
                 )
                 .await?;
+            if !still_ours {
+                anyhow::bail!(TAKEN_OVER);
+            }
             first = end;
         }
         Ok(Some(tally))
     }
 
-    /// On start: re-creates the jobs whose lease expired, for schedules
-    /// whose summary is missing.
-    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<usize> {
+    /// Re-creates the jobs whose lease expired, for schedules whose
+    /// summary is missing; `retry_failed` (at start) also retries versions
+    /// whose job failed of an error.
+    pub async fn resume(self: &Arc<Self>, retry_failed: bool) -> anyhow::Result<usize> {
         let lease = self.lease.as_millis() as i64;
         let jobs = self
             .store
-            .recreate_jobs(&self.owner, crate::store::now_ms(), lease)
+            .recreate_jobs(&self.owner, crate::store::now_ms(), lease, retry_failed)
             .await
             .context("Failed to re-create jobs")?;
         for j in &jobs {

@@ -333,9 +333,15 @@ fn validate_block(raw: RawBlock, index: usize, dropped: &mut u64) -> Result<Bloc
             ))
         }
     };
+    if identity.contains('\0') {
+        return Err(format!(
+            "{}: the identity contains a NUL character (U+0000), which no store keeps",
+            block_label(index, None)
+        ));
+    }
     let label = block_label(index, Some(&identity));
     let priority = match raw.priority {
-        None | Some(Loose::Other("null")) => return Err(format!("{label}: missing `priority`")),
+        None => return Err(format!("{label}: missing `priority`")),
         Some(v) => v
             .as_f64()
             .map_err(|kind| format!("{label}: `priority` must be a number, got {kind}"))?,
@@ -362,6 +368,9 @@ fn validate_block(raw: RawBlock, index: usize, dropped: &mut u64) -> Result<Bloc
 
 fn validate_header(raw: HeaderFields) -> Result<Header, String> {
     let name = match raw.name {
+        Some(IdValue::Text(s)) if s.contains('\0') => {
+            return Err("`name` contains a NUL character (U+0000), which no store keeps".into())
+        }
         Some(IdValue::Text(s)) => s,
         Some(_) => return Err("`name` must be a string".into()),
         None => return Err("missing `name` of the schedule".into()),

@@ -148,7 +148,7 @@ impl QueryService {
             .into();
             let looked_up = Instant::now();
             let tag = tag_of(response_key.as_bytes());
-            let held = q.holds.iter().any(|h| **h == *tag || h == "*");
+            let held = holds_tag(&q.holds, &tag);
             let cached = if held {
                 None
             } else {

@@ -49,7 +49,7 @@ impl QueryService {
             let response_key: Arc<str> =
                 format!("histogram|{}|{s}|{e}|{d}|{}", head.version, key.text).into();
             let tag = tag_of(response_key.as_bytes());
-            let held = q.holds.iter().any(|h| **h == *tag || h == "*");
+            let held = holds_tag(&q.holds, &tag);
             let cached = if held {
                 None
             } else {
@@ -134,7 +134,7 @@ impl QueryService {
 /// The histogram of a schedule without a range: an empty list.
 fn empty(id: i64, version: i64, holds: &[String]) -> Answer {
     let tag = tag_of(format!("histogram|{version}|empty|schedule={id}|"));
-    let held = holds.iter().any(|h| **h == *tag || h == "*");
+    let held = holds_tag(holds, &tag);
     Answer {
         body: (!held).then(|| {
             Encoded::new(

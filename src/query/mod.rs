@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::periods::{PeriodSet, PeriodView, Residency, ResidentTier};
 use crate::store::{ScheduleRow, Store, StoreError};
 use head::HeadReader;
-use responses::Responses;
+use responses::{holds_tag, Responses};
 use std::sync::Arc;
 use std::time::Duration;
 use tables::{BlockTables, ChangeLogs};

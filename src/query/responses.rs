@@ -15,6 +15,15 @@ pub const COMPRESS_MIN_BYTES: usize = 1024;
 /// Compressing more than this runs on the blocking pool.
 const COMPRESS_INLINE_MAX: usize = 64 << 10;
 
+/// Whether the caller holds the answer tagged `tag` (the opaque parts of
+/// its `If-None-Match`). `*` is not matched here: a `304` for it must carry
+/// the answer's own tag, which only the answer itself tells (its size
+/// decides whether it is sent compressed), so the answer is made and the
+/// response step answers `304`.
+pub fn holds_tag(holds: &[String], tag: &str) -> bool {
+    holds.iter().any(|h| h == tag)
+}
+
 /// A content coding of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Coding {

@@ -352,12 +352,15 @@ pub trait Store: Send + Sync {
 
     /// One job.
     async fn job(&self, id: i64) -> StoreResult<Option<JobRow>>;
-    /// Marks a job running with `progress` in 0..1 and a message.
-    async fn job_progress(&self, id: i64, progress: f64, message: &str) -> StoreResult<()>;
+    /// Marks a job running with `progress` in 0..1 and a message; `false`
+    /// when it is not queued or running any more (another replica took it
+    /// over after its lease expired: its runner should stop).
+    async fn job_progress(&self, id: i64, progress: f64, message: &str) -> StoreResult<bool>;
     /// Finishes a job: stores the summary if the schedule is still at the
-    /// job's version, and marks the job done, in one transaction.
+    /// job's version, and marks the job done unless it was failed
+    /// meanwhile (taken over), in one transaction.
     async fn job_done(&self, job: &JobRow, summary_json: &str) -> StoreResult<()>;
-    /// Marks a job failed.
+    /// Marks a job failed (unless it finished meanwhile).
     async fn job_failed(&self, id: i64, error: &str) -> StoreResult<()>;
     /// Takes job `id` for `owner` until `until_ms`; `false` if it is not
     /// queued or running any more.
@@ -365,16 +368,20 @@ pub trait Store: Send + Sync {
     /// Extends the leases of `owner`'s unfinished jobs to `until_ms` (the
     /// heartbeat); returns how many it extended.
     async fn renew_leases(&self, owner: &str, until_ms: i64) -> StoreResult<u64>;
-    /// On start: fails the unfinished jobs whose lease expired by `now_ms`
-    /// (their replica died; a job never claimed counts from its creation,
-    /// with `lease_ms`), and creates a job owned by `owner` for every
-    /// schedule whose summary is missing and whose version no live job
-    /// covers. Replicas starting together do this one at a time.
+    /// Fails the unfinished jobs whose lease expired by `now_ms` (their
+    /// replica died; a job never claimed counts from its creation, with
+    /// `lease_ms`), and creates a job owned by `owner` for every schedule
+    /// whose summary is missing and whose version no live job covers —
+    /// skipping versions whose job failed of an error unless
+    /// `retry_failed` (a replica's start retries them; its heartbeat does
+    /// not, so a job that fails for good is not recomputed forever).
+    /// Replicas do this one at a time.
     async fn recreate_jobs(
         &self,
         owner: &str,
         now_ms: i64,
         lease_ms: i64,
+        retry_failed: bool,
     ) -> StoreResult<Vec<JobRow>>;
 
     /// Schedules whose periods are still in the one-row-per-period layout

@@ -685,18 +685,19 @@ where
             .await?)
     }
 
-    async fn job_progress(&self, id: i64, progress: f64, message: &str) -> StoreResult<()> {
-        sqlx::query(
+    async fn job_progress(&self, id: i64, progress: f64, message: &str) -> StoreResult<bool> {
+        let updated: Option<(i64,)> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', progress = $2, message = $3, \
-             started_at_ms = COALESCE(started_at_ms, $4) WHERE id = $1",
+             started_at_ms = COALESCE(started_at_ms, $4) \
+             WHERE id = $1 AND state IN ('queued', 'running') RETURNING id",
         )
         .bind(id)
         .bind(progress)
         .bind(message)
         .bind(now_ms())
-        .execute(self.dialect.writer())
+        .fetch_optional(self.dialect.writer())
         .await?;
-        Ok(())
+        Ok(updated.is_some())
     }
 
     async fn job_done(&self, job: &JobRow, summary_json: &str) -> StoreResult<()> {
@@ -716,7 +717,7 @@ where
         };
         sqlx::query(
             "UPDATE jobs SET state = 'done', progress = 1, message = $2, error = NULL, \
-             finished_at_ms = $3 WHERE id = $1",
+             finished_at_ms = $3 WHERE id = $1 AND state IN ('queued', 'running')",
         )
         .bind(job.id)
         .bind(message)
@@ -729,7 +730,8 @@ where
 
     async fn job_failed(&self, id: i64, error: &str) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE jobs SET state = 'failed', error = $2, finished_at_ms = $3 WHERE id = $1",
+            "UPDATE jobs SET state = 'failed', error = $2, finished_at_ms = $3 \
+             WHERE id = $1 AND state IN ('queued', 'running')",
         )
         .bind(id)
         .bind(error)
@@ -769,6 +771,7 @@ where
         owner: &str,
         now_ms: i64,
         lease_ms: i64,
+        retry_failed: bool,
     ) -> StoreResult<Vec<JobRow>> {
         let mut tx = self.dialect.writer().begin().await?;
         if let Some(lock) = D::CHECKSUM_LOCK {
@@ -787,11 +790,15 @@ where
         .bind(lease_ms)
         .execute(&mut *tx)
         .await?;
+        // A job failed of an error (not interrupted) blocks its version
+        // unless failures are retried.
         let missing: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT id, version FROM schedules s WHERE summary IS NULL AND NOT EXISTS \
              (SELECT 1 FROM jobs j WHERE j.schedule_id = s.id AND j.schedule_version = s.version \
-             AND j.state IN ('queued', 'running')) ORDER BY id",
+             AND (j.state IN ('queued', 'running') OR ($1 = 0 AND j.state = 'failed' \
+             AND j.error NOT LIKE 'interrupted:%'))) ORDER BY id",
         )
+        .bind(i64::from(retry_failed))
         .fetch_all(&mut *tx)
         .await?;
         let mut jobs = Vec::new();
