@@ -351,28 +351,11 @@ async fn count_extents(db: &TestDb, id: i64) -> i64 {
     n
 }
 
-/// A generated schedule uploaded as NDJSON; returns its id once its job is done.
-async fn upload_generated(app: &TestApp, blocks: usize, periods: usize, seed: u64) -> i64 {
-    let config = visbin::gen::GenConfig {
-        format: visbin::gen::GenFormat::Ndjson,
-        ..visbin::gen::GenConfig::new(blocks, periods, seed)
-    };
-    let mut body = Vec::new();
-    visbin::gen::write(&config, &mut body).unwrap();
-    let r = app
-        .post("/v1/schedules", "application/x-ndjson", body)
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let up = r.json();
-    app.wait_job(up["job_id"].as_i64().unwrap()).await;
-    up["schedule_id"].as_i64().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_cold_requests_compute_once() {
     let db = TestDb::new(Backend::Postgres).await;
     let app = TestApp::start(&db, &[]).await;
-    let id = upload_generated(&app, 1500, 50, 3).await;
+    let id = app.upload_generated(1500, 50, 3).await;
     let before = app.app_state.metrics.computations.get();
     let path = format!("/v1/schedules/{id}/bins?bin=1h&origin=120");
     let calls: Vec<_> = (0..32).map(|_| app.get(&path)).collect();
@@ -394,7 +377,7 @@ async fn concurrent_identical_cold_requests_compute_once() {
 async fn an_append_racing_a_computation_leaves_no_stale_bins() {
     let db = TestDb::new(Backend::Postgres).await;
     let app = TestApp::start(&db, &[]).await;
-    let id = upload_generated(&app, 8000, 40, 4).await;
+    let id = app.upload_generated(8000, 40, 4).await;
     let year = 1_735_689_600;
     let path = format!(
         "/v1/schedules/{id}/bins?bin=300&start={year}&end={}",
@@ -550,7 +533,7 @@ async fn the_memory_tier_stays_within_its_byte_budget() {
     let db = TestDb::new(Backend::Sqlite).await;
     let budget = 300_000u64;
     let app = TestApp::start(&db, &["--cache-bytes", &budget.to_string()]).await;
-    let id = upload_generated(&app, 300, 20, 5).await;
+    let id = app.upload_generated(300, 20, 5).await;
     // 40 keys of ~1,440 bins (~40 KB each): far past the budget.
     for origin in 0..40 {
         let r = app
@@ -572,7 +555,7 @@ async fn the_memory_tier_stays_within_its_byte_budget() {
 async fn json_columnar_and_csv_carry_the_same_numbers() {
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::start(&db, &[]).await;
-    let id = upload_generated(&app, 200, 20, 6).await;
+    let id = app.upload_generated(200, 20, 6).await;
     let base = format!("/v1/schedules/{id}/bins?bin=2h&start=2025-02-01T00:00:00Z&end=2025-02-08T00:00:00Z&scheduled=false");
     let mut parsed = Vec::new();
     for f in ["json", "columnar", "csv"] {

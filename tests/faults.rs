@@ -87,18 +87,7 @@ async fn postgres_cut_off_under_load_answers_503_and_recovers_without_restart() 
     let proxy = Proxy::start(server).await;
     let url = format!("{prefix}@127.0.0.1:{}/{dbname}", proxy.port);
     let app = Arc::new(TestApp::start_url(&url, &["--db-timeout", "2"]).await);
-    let config = visbin::gen::GenConfig {
-        format: visbin::gen::GenFormat::Ndjson,
-        ..visbin::gen::GenConfig::new(600, 30, 3)
-    };
-    let mut body = Vec::new();
-    visbin::gen::write(&config, &mut body).unwrap();
-    let up = app
-        .post("/v1/schedules", "application/x-ndjson", body)
-        .await
-        .json();
-    let id = up["schedule_id"].as_i64().unwrap();
-    app.wait_job(up["job_id"].as_i64().unwrap()).await;
+    let id = app.upload_generated(600, 30, 3).await;
     let warm = format!(
         "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
         T0 + 7 * 86_400

@@ -360,18 +360,7 @@ async fn a_request_past_its_timeout_is_answered_503_and_stores_nothing() {
 async fn computations_beyond_the_bound_are_refused_with_retry_after() {
     let db = TestDb::new(Backend::Postgres).await;
     let app = TestApp::start(&db, &["--max-computations", "1"]).await;
-    let config = visbin::gen::GenConfig {
-        format: visbin::gen::GenFormat::Ndjson,
-        ..visbin::gen::GenConfig::new(3000, 40, 5)
-    };
-    let mut body = Vec::new();
-    visbin::gen::write(&config, &mut body).unwrap();
-    let up = app
-        .post("/v1/schedules", "application/x-ndjson", body)
-        .await
-        .json();
-    let id = up["schedule_id"].as_i64().unwrap();
-    app.wait_job(up["job_id"].as_i64().unwrap()).await;
+    let id = app.upload_generated(3000, 40, 5).await;
     // One computes, four wait, the rest of 24 distinct cold requests are
     // refused at once; nothing else.
     let paths: Vec<String> = (0..24)

@@ -224,6 +224,24 @@ impl TestApp {
         r.json()
     }
 
+    /// A generated schedule (`visbin gen`) uploaded as NDJSON, expecting
+    /// 201; returns its id once its summary job is done.
+    pub async fn upload_generated(&self, blocks: usize, periods: usize, seed: u64) -> i64 {
+        let config = visbin::gen::GenConfig {
+            format: visbin::gen::GenFormat::Ndjson,
+            ..visbin::gen::GenConfig::new(blocks, periods, seed)
+        };
+        let mut body = Vec::new();
+        visbin::gen::write(&config, &mut body).unwrap();
+        let r = self
+            .post("/v1/schedules", "application/x-ndjson", body)
+            .await;
+        assert_eq!(r.status, 201, "upload failed: {}", r.text);
+        let up = r.json();
+        self.wait_job(up["job_id"].as_i64().unwrap()).await;
+        up["schedule_id"].as_i64().unwrap()
+    }
+
     /// Waits until job `id` is done (or fails the test if it failed).
     pub async fn wait_job(&self, id: i64) -> Value {
         for _ in 0..2400 {
