@@ -13,7 +13,9 @@ What it does:
    on it (a free port, a random `VISBIN_API_TOKEN`) with small, given budgets:
    `--cache-bytes` (`VISBIN_CACHE_BYTES`, bins + serialized answers),
    `--period-cache-bytes` (`VISBIN_PERIOD_CACHE_BYTES`, the resident period
-   tier) and `--block-cache-bytes` (`VISBIN_BLOCK_CACHE_BYTES`);
+   tier), `--block-cache-bytes` (`VISBIN_BLOCK_CACHE_BYTES`) and
+   `--period-work-bytes` (`VISBIN_PERIOD_WORK_BYTES`, periods decoded
+   outside the tier);
 2. uploads schedules of several sizes made by `visbin gen`: two small ones
    (300 blocks over 30 days), the reference schedule (1,500 x 50 x 365 d)
    and `--large-copies` large ones (365 days, 50 periods a block) each sized
@@ -86,36 +88,36 @@ that the cache metrics do not account for growing from the first to the
 last third.
 
 The overhead (`--overhead-mib`, default 200 MiB) is what the process holds
-beyond the two budgets it is measured against:
+beyond the two budgets it is measured against. Each part has a bound of
+its own (a budget, or a count times a size), and `/metrics` reports most
+of them:
 
 - block tables: at most `--block-cache-bytes` (16 MiB here; the schedules'
   ~85,000 blocks take ~5 MiB at ~64 bytes a block);
+- periods decoded outside the resident tier: at most `--period-work-bytes`
+  (64 MiB here; `visbin_period_work_bytes`): the window reads of schedules
+  not resident while their computation runs, and loads until the tier holds
+  them (with the large schedules at 40 % of the tier, ~25 MiB a set). Not
+  charged: the packed rows of a read before they are decoded (about a
+  quarter of the decoded size), and a set the tier evicted while a query or
+  job still reads it;
+- the persisted tier's write queue: at most a quarter of `--cache-bytes`
+  (16 MiB here), bounded in extents too;
+- work in flight besides periods: up to 8 bin computations at once (more
+  wait), each with its counters (≤ 200,000 bins x 7 counts, 5.6 MB) and its
+  answer being serialized and compressed; the database connections'
+  buffers; parsed append bodies (small here: a few blocks);
 - code, static data and the runtime: the binary's text and libraries
   (~20 MiB resident), tokio's worker and blocking threads and actix's
-  workers (stacks are touched only as deep as they go: a few hundred KiB
-  each, a few dozen threads);
-- work in flight: up to 8 bin computations at once (more wait), each with
-  its counters (≤ 200,000 bins x 7 counts) and, for a schedule not resident,
-  the chunks of its window; a period set the tier evicted stays alive while
-  a query or summary job still reads it, and a load decodes a set before the
-  tier makes room for it: with the large schedules at 40 % of the budget,
-  one or two such sets (~25 MiB each at the defaults) beyond the budget at
-  a time; serialization and compression buffers of the answers being
-  written (brotli/zstd encoders hold a few MiB each); the database
-  connections' buffers; parsed append bodies (small here: a few blocks);
-- the allocator: jemalloc keeps freed pages for its decay time (~10 s)
-  and rounds allocations up to size classes, and the caches' weighers count
-  their payload, not moka's per-entry bookkeeping; churned caches hold
-  fragmented extents: tens of MiB at these budgets.
+  workers (stacks are touched only as deep as they go);
+- the allocator: what jemalloc keeps beyond live bytes
+  (`visbin_allocator_bytes` resident minus allocated). Its options
+  (`.cargo/config.toml`) return pages unused for a second from a background
+  thread, with two arenas: some tens of MiB at these budgets.
 
-That sums to about 100-150 MiB at these budgets; 200 MiB leaves room for
-allocator fragmentation without hiding a leak, which grows without bound
-over a long run. It holds nothing bounded in entries rather than bytes: a
-queue of computed extents waiting for the persisted tier
-(`VISBIN_CACHE_WRITE_QUEUE` entries) can hold megabytes an entry (a summary
-job's year at 900 s), so it has to fit in a byte budget, and a run in which
-it does not fails the bound (`--server-arg=--cache-write-queue=N` shows how
-much of the RSS it is). The initial uploads are not measured against the
+That sums to about 180-200 MiB at these budgets, without hiding a leak, which
+grows without bound over a long run.
+The initial uploads are not measured against the
 bound (`VmHWM` is reset after them; their peak is in the JSON as
 `upload_phase_hwm_bytes`).
 """
@@ -682,6 +684,9 @@ class Sampler:
             "cache_memory_entries": metric(m, "visbin_cache_memory_entries"),
             "cache_response_bytes": metric(m, "visbin_cache_response_bytes"),
             "period_cache_bytes": metric(m, "visbin_period_cache_bytes"),
+            "period_work_bytes": metric(m, "visbin_period_work_bytes"),
+            "allocated_bytes": metric(m, "visbin_allocator_bytes", kind="allocated"),
+            "allocator_resident_bytes": metric(m, "visbin_allocator_bytes", kind="resident"),
             "period_cache_capacity_bytes": metric(m, "visbin_period_cache_capacity_bytes"),
             "period_loads_full": metric(m, "visbin_period_loads_total", kind="full"),
             "period_loads_delta": metric(m, "visbin_period_loads_total", kind="delta"),
@@ -711,7 +716,8 @@ def fmt_sample(s):
     return (f"t={s['t_s']:.0f}s {s['phase']}: {s.get('req_per_s', 0):.0f} req/s, RSS {mib(s['rss_bytes'])} MiB "
             f"(peak {mib(s['hwm_bytes'])}), fds {s['fds']}, threads {s['threads']}, pool {s['pool_active']:.0f}+"
             f"{s['pool_idle']:.0f} (pg {s['pg_conns']}), bins {mib(s['cache_memory_bytes'])} + answers "
-            f"{mib(s['cache_response_bytes'])} + periods {mib(s['period_cache_bytes'])} MiB, jobs queued "
+            f"{mib(s['cache_response_bytes'])} + periods {mib(s['period_cache_bytes'])} MiB, allocated "
+            f"{mib(s['allocated_bytes'])} of {mib(s['allocator_resident_bytes'])} MiB resident, jobs queued "
             f"{s['jobs_queued']:.0f}, unexpected {s['client_unexpected']}")
 
 
@@ -849,7 +855,7 @@ def analyse(args, samples, results, uploads, hwm_reset, exit_code, panics, log_l
 def command_line(args):
     """The command that reproduces the run (paths and the database URL left to the environment)."""
     parts = ["python3 loadtests/soak.py"]
-    for name in ("duration", "workers", "cache_bytes", "period_cache_bytes", "block_cache_bytes", "db_max_connections",
+    for name in ("duration", "workers", "cache_bytes", "period_cache_bytes", "block_cache_bytes", "period_work_bytes", "db_max_connections",
                  "overhead_mib", "large_copies", "large_fraction", "mix", "seed"):
         v = getattr(args, name)
         if name == "mix" and v == DEFAULT_MIX:
@@ -934,6 +940,7 @@ def main():
     ap.add_argument("--cache-bytes", type=int, default=64 * MIB, help="VISBIN_CACHE_BYTES (default 64 MiB)")
     ap.add_argument("--period-cache-bytes", type=int, default=64 * MIB, help="VISBIN_PERIOD_CACHE_BYTES (default 64 MiB)")
     ap.add_argument("--block-cache-bytes", type=int, default=16 * MIB, help="VISBIN_BLOCK_CACHE_BYTES (default 16 MiB)")
+    ap.add_argument("--period-work-bytes", type=int, default=64 * MIB, help="VISBIN_PERIOD_WORK_BYTES (default 64 MiB)")
     ap.add_argument("--db-max-connections", type=int, default=16, help="VISBIN_DB_MAX_CONNECTIONS (default 16)")
     ap.add_argument("--overhead-mib", type=int, default=200, help="allowed RSS beyond the two budgets (default 200)")
     ap.add_argument("--large-copies", type=int, default=3, help="large schedules (default 3)")
@@ -987,7 +994,8 @@ def main():
         # --- server
         pg.create(db)
         extra = ["--cache-bytes", str(args.cache_bytes), "--period-cache-bytes", str(args.period_cache_bytes),
-                 "--block-cache-bytes", str(args.block_cache_bytes), "--db-max-connections", str(args.db_max_connections),
+                 "--block-cache-bytes", str(args.block_cache_bytes),
+                 "--period-work-bytes", str(args.period_work_bytes), "--db-max-connections", str(args.db_max_connections),
                  "--api-token", token, *args.server_arg]
         server = Server(args.visbin, pg.db_url(db), workdir, "soak-server", extra=extra)
         log(f"visbin serve on {server.base} (pid {server.proc.pid}), database {db}")

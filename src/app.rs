@@ -65,6 +65,7 @@ impl Application {
                 extent_bytes: config.cache_bytes - response_bytes,
                 response_bytes,
                 period_bytes: config.period_cache_bytes,
+                period_work_bytes: config.period_work_bytes,
                 block_bytes: config.block_cache_bytes,
                 write_queue: config.cache_write_queue,
             },

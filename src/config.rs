@@ -70,6 +70,13 @@ pub struct ServeConfig {
     #[arg(long, env = "VISBIN_PERIOD_CACHE_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub period_cache_bytes: u64,
 
+    /// Byte budget of periods decoded outside the resident tier at a time
+    /// (20 bytes a period): window reads while their computation runs,
+    /// loads until the tier holds them. A read beyond it waits; one larger
+    /// than all of it runs alone.
+    #[arg(long, env = "VISBIN_PERIOD_WORK_BYTES", value_parser = clap::value_parser!(u64).range(1024..), default_value_t = 256 * 1024 * 1024)]
+    pub period_work_bytes: u64,
+
     /// Byte budget of the block tables the read path keeps (identity,
     /// priority and flag per block, ~64 bytes each).
     #[arg(long, env = "VISBIN_BLOCK_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -137,8 +144,9 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 
     /// Capacity of the queue of asynchronous writes to the persisted cache
-    /// tier, in extents (and at most 32 MiB of them); writes beyond it are
-    /// dropped (and counted), never wrong.
+    /// tier, in extents (and at most 32 MiB of them, or a quarter of the
+    /// cache budget if less); writes beyond it are dropped (and counted),
+    /// never wrong.
     #[arg(long, env = "VISBIN_CACHE_WRITE_QUEUE", default_value_t = 1024)]
     pub cache_write_queue: usize,
 

@@ -25,10 +25,12 @@
 //! - [`api`]: actix routes, middleware, problem+json errors, OpenAPI; it
 //!   parses requests, calls `query`/`ingest`, and formats responses.
 //! - [`metrics`]: the Prometheus registry and every metric.
+//! - [`allocator`]: what the memory allocator holds (for `/metrics`).
 //! - [`app`]: builds the server from a config and a listener.
 //! - [`gen`]: the synthetic schedule generator (`visbin gen`).
 //! - [`cli`]: the command-line client (`visbin upload`, `visbin bins`).
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod cache;

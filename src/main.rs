@@ -6,7 +6,8 @@ use clap::Parser;
 use visbin::config::{Cli, Command, LogFormat};
 
 // glibc's allocator returns and re-faults large buffers on every request;
-// jemalloc keeps them (see docs/BENCHMARKS.md).
+// jemalloc keeps them (see docs/BENCHMARKS.md). Its options are compiled in
+// from `.cargo/config.toml` (how fast freed pages go back, arenas).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -16,6 +17,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => {
             visbin::telemetry::init(config.log_format);
+            if let Some(o) = visbin::allocator::options() {
+                tracing::info!(
+                    background_thread = o.background_thread,
+                    arenas = o.arenas,
+                    "allocator options"
+                );
+            }
             let listener = std::net::TcpListener::bind(&config.bind)
                 .with_context(|| format!("Failed to bind {}", config.bind))?;
             let app = visbin::app::Application::build(&config, listener).await?;

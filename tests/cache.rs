@@ -145,7 +145,8 @@ async fn check_query(app: &TestApp, q: &Query, f: &OFilter, blocks: &[OBlock]) -
 enum Resident {
     /// The default budget: every schedule stays resident.
     On,
-    /// Room for about one small schedule: constant eviction.
+    /// Room for about one small schedule: constant eviction; and the
+    /// smallest work budget, so every window read and load runs alone.
     Tiny,
     /// Nothing: every computation reads the chunks of its window.
     Off,
@@ -155,7 +156,12 @@ async fn model(backend: Backend, seed: u64, steps: usize, resident: Resident) {
     let db = TestDb::new(backend).await;
     let budget = match resident {
         Resident::On => vec![],
-        Resident::Tiny => vec!["--period-cache-bytes", "2000"],
+        Resident::Tiny => vec![
+            "--period-cache-bytes",
+            "2000",
+            "--period-work-bytes",
+            "1024",
+        ],
         Resident::Off => vec!["--period-cache-bytes", "0"],
     };
     let app = TestApp::start(&db, &budget).await;

@@ -345,7 +345,14 @@ async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) -> Htt
     m.cache_entries.set(memory.entry_count() as i64);
     m.period_bytes
         .set(state.query.periods().weighted_size() as i64);
+    m.period_work_bytes
+        .set(state.query.periods().work_bytes() as i64);
     m.response_bytes.set(state.query.response_bytes() as i64);
+    if let Some(a) = crate::allocator::bytes() {
+        let set = |kind: &str, v: u64| m.allocator_bytes.with_label_values(&[kind]).set(v as i64);
+        set("allocated", a.allocated);
+        set("resident", a.resident);
+    }
     negotiate::compressed(
         &req,
         "text/plain; version=0.0.4; charset=utf-8",

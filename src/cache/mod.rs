@@ -16,4 +16,4 @@ mod persist;
 pub use extent::{assemble, cover, defragment, ChangeLog, Extent, MAX_EXTENT_BINS};
 pub use key::{CacheKey, CACHE_FORMAT_VERSION};
 pub use memory::MemoryTier;
-pub use persist::PersistWriter;
+pub use persist::{queue_max_bytes, PersistWriter};

@@ -10,20 +10,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Payload bytes the queue holds at most.
-pub const QUEUE_MAX_BYTES: usize = 32 << 20;
+/// Payload bytes the queue holds at most: 32 MiB, or a quarter of the
+/// memory tier's budget if that is less. The queued extents are bins the
+/// memory tier holds too; when the writer falls behind, a longer queue
+/// only holds more memory (the soak in docs/RELIABILITY.md kept it full).
+pub fn queue_max_bytes(memory_tier_bytes: u64) -> usize {
+    (32usize << 20).min((memory_tier_bytes / 4) as usize)
+}
 
 /// Sender side of the persisted-tier write queue.
 #[derive(Clone)]
 pub struct PersistWriter {
     tx: mpsc::Sender<ExtentRow>,
     queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
 impl PersistWriter {
-    /// Starts the writer task with a queue of `capacity` extents.
-    pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>, capacity: usize) -> PersistWriter {
+    /// Starts the writer task with a queue of `capacity` extents and at
+    /// most `max_bytes` of payload.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> PersistWriter {
         let (tx, mut rx) = mpsc::channel::<ExtentRow>(capacity.max(1));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let (m, bytes) = (metrics.clone(), queued_bytes.clone());
@@ -45,6 +57,7 @@ impl PersistWriter {
         PersistWriter {
             tx,
             queued_bytes,
+            max_bytes,
             metrics,
         }
     }
@@ -53,7 +66,7 @@ impl PersistWriter {
     /// full (in extents or in bytes).
     pub fn submit(&self, extent: ExtentRow) {
         let len = extent.payload.len();
-        if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > QUEUE_MAX_BYTES {
+        if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             self.metrics.store_writes_dropped.inc();
             return;

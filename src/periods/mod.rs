@@ -17,6 +17,7 @@ pub mod compact;
 pub mod legacy;
 pub mod pack;
 mod resident;
+pub mod work;
 
 pub use resident::{Residency, ResidentTier};
 
@@ -60,12 +61,16 @@ impl Segment {
 pub struct PeriodSet {
     head: Arc<ScheduleRow>,
     segments: Vec<Arc<Segment>>,
+    /// What a window read charged to the work budget for these periods:
+    /// returned when the last set or view of them is dropped.
+    charge: Option<Arc<work::Charge>>,
 }
 
 /// The segments a query at one version counts over.
 #[derive(Debug, Clone)]
 pub struct PeriodView {
     segments: Vec<Arc<Segment>>,
+    _charge: Option<Arc<work::Charge>>,
 }
 
 impl PeriodView {
@@ -129,7 +134,14 @@ impl PeriodSet {
         Ok(PeriodSet {
             head: Arc::new(snapshot.head.clone()),
             segments: decode_groups(&snapshot.rows)?,
+            charge: None,
         })
+    }
+
+    /// The set holding `charge` for as long as it or a view of it lives.
+    pub fn charged(mut self, charge: work::Charge) -> PeriodSet {
+        self.charge = Some(Arc::new(charge));
+        self
     }
 
     /// This set brought up to `delta.head`, where `delta` holds the rows of
@@ -159,6 +171,7 @@ impl PeriodSet {
         Ok(Some(PeriodSet {
             head: Arc::new(delta.head.clone()),
             segments,
+            charge: None,
         }))
     }
 
@@ -186,7 +199,10 @@ impl PeriodSet {
                 return None;
             }
         }
-        Some(PeriodView { segments })
+        Some(PeriodView {
+            segments,
+            _charge: self.charge.clone(),
+        })
     }
 
     /// Number of periods held.
@@ -236,6 +252,7 @@ impl PeriodSet {
         Some(PeriodSet {
             head: self.head.clone(),
             segments,
+            charge: None,
         })
     }
 }

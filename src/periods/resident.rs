@@ -9,6 +9,7 @@
 //! schedule. A schedule larger than the whole budget is never loaded: its
 //! queries read the chunks of their window instead.
 
+use super::work::WorkBudget;
 use super::PeriodSet;
 use crate::cache::flight::Flights;
 use crate::metrics::Metrics;
@@ -21,6 +22,11 @@ use std::time::Instant;
 /// Bytes a resident period takes: start and end (8 bytes each) and block
 /// (4) in three columns, allocated to length.
 pub const BYTES_PER_PERIOD: u64 = 20;
+
+/// Bytes of a schedule's whole decoded period set, as the tier weighs it.
+fn set_bytes(head: &ScheduleRow) -> u64 {
+    (head.period_count.max(0) as u64).saturating_mul(BYTES_PER_PERIOD)
+}
 
 /// Schedules loaded at the same time, at most.
 const MAX_LOADS: usize = 2;
@@ -48,11 +54,19 @@ pub struct ResidentTier {
     /// its decoded columns and perhaps a compacted copy until it lands,
     /// memory outside the budget.
     loading: tokio::sync::Semaphore,
+    /// Bytes of periods decoded outside the tier (windows, loads).
+    work: WorkBudget,
 }
 
 impl ResidentTier {
-    /// A tier of at most `capacity` bytes over `store`.
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, capacity: u64) -> Arc<ResidentTier> {
+    /// A tier of at most `capacity` bytes over `store`, decoding at most
+    /// `work_bytes` of periods outside it at a time.
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        capacity: u64,
+        work_bytes: u64,
+    ) -> Arc<ResidentTier> {
         metrics.period_capacity.set(capacity as i64);
         Arc::new(ResidentTier {
             store,
@@ -65,12 +79,13 @@ impl ResidentTier {
                 .build(),
             loads: Flights::new(),
             loading: tokio::sync::Semaphore::new(MAX_LOADS),
+            work: WorkBudget::new(work_bytes),
         })
     }
 
     /// Whether a schedule of `head`'s size can be resident at all.
     pub fn fits(&self, head: &ScheduleRow) -> bool {
-        (head.period_count.max(0) as u64).saturating_mul(BYTES_PER_PERIOD) + 512 <= self.capacity
+        set_bytes(head) + 512 <= self.capacity
     }
 
     /// The resident set of schedule `id` if it is held at `version` or later
@@ -134,12 +149,18 @@ impl ResidentTier {
             .await?
             .ok_or(StoreError::NotFound)?;
         timer.observe_duration();
+        let periods: i64 = snapshot
+            .rows
+            .iter()
+            .map(|r| r.chunk.period_count.max(0))
+            .sum();
+        let charge = self.work.charge(periods as u64 * BYTES_PER_PERIOD).await;
         let set = tokio::task::spawn_blocking(move || PeriodSet::decode(&snapshot))
             .await
             .map_err(|e| StoreError::Corrupt(format!("decoding task failed: {e}")))?
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.loaded("window", started);
-        Ok(set)
+        Ok(set.charged(charge))
     }
 
     /// Loads schedule `id` as stored now: the chunk rows of the versions
@@ -152,6 +173,9 @@ impl ResidentTier {
         let started = Instant::now();
         let mut kind = "delta";
         let mut set = None;
+        // Held until the tier holds the set: the decoded periods, or the
+        // copy compaction or an extension makes, are outside it until then.
+        let mut charge = None;
         if let Some(old) = self.sets.get(&id) {
             let timer = self.metrics.store_timer("chunks_delta");
             let delta = self
@@ -160,12 +184,16 @@ impl ResidentTier {
                 .await?
                 .ok_or(StoreError::NotFound)?;
             timer.observe_duration();
+            charge = Some(self.work.charge(set_bytes(&delta.head)).await);
             set = decode_off_executor(move || old.extended(&delta)).await?;
         }
         let set = match set {
             Some(s) => s,
             None => {
                 kind = "full";
+                // One charge at a time: a second one waiting behind the
+                // first could wait for itself.
+                drop(charge.take());
                 let timer = self.metrics.store_timer("chunks_full");
                 let all = self
                     .store
@@ -173,6 +201,7 @@ impl ResidentTier {
                     .await?
                     .ok_or(StoreError::NotFound)?;
                 timer.observe_duration();
+                charge = Some(self.work.charge(set_bytes(&all.head)).await);
                 decode_off_executor(move || PeriodSet::decode(&all).map(Some))
                     .await?
                     .expect("a full decode yields a set")
@@ -197,8 +226,15 @@ impl ResidentTier {
         if self.fits(&set.head) {
             self.sets.insert(id, set.clone());
         }
+        drop(charge);
         self.loaded(kind, started);
         Ok(set)
+    }
+
+    /// Bytes of periods decoded outside the tier now (charged to the
+    /// work budget).
+    pub fn work_bytes(&self) -> u64 {
+        self.work.charged_bytes()
     }
 
     /// Drops a deleted schedule's periods.

@@ -216,6 +216,8 @@ pub struct QueryBudgets {
     pub response_bytes: u64,
     /// Decoded periods (the resident tier).
     pub period_bytes: u64,
+    /// Decoded periods outside the resident tier (window reads, loads).
+    pub period_work_bytes: u64,
     /// Block tables.
     pub block_bytes: u64,
     /// Queue of writes to the persisted extent tier.
@@ -269,11 +271,21 @@ impl QueryService {
         metrics.cache_capacity.set(budgets.extent_bytes as i64);
         Arc::new(QueryService {
             heads: HeadReader::new(store.clone()),
-            periods: ResidentTier::new(store.clone(), metrics.clone(), budgets.period_bytes),
+            periods: ResidentTier::new(
+                store.clone(),
+                metrics.clone(),
+                budgets.period_bytes,
+                budgets.period_work_bytes,
+            ),
             blocks: BlockTables::new(store.clone(), metrics.clone(), budgets.block_bytes),
             logs: ChangeLogs::new(store.clone(), metrics.clone()),
             memory: MemoryTier::new(budgets.extent_bytes),
-            writer: PersistWriter::start(store.clone(), metrics.clone(), budgets.write_queue),
+            writer: PersistWriter::start(
+                store.clone(),
+                metrics.clone(),
+                budgets.write_queue,
+                crate::cache::queue_max_bytes(budgets.extent_bytes),
+            ),
             flights: Flights::new(),
             responses: Responses::new(budgets.response_bytes, metrics.clone()),
             background_loads: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -306,6 +318,7 @@ impl QueryService {
 
     /// Forgets everything held in memory for a deleted schedule.
     pub async fn forget_schedule(&self, id: i64) {
+        self.heads.forget(id);
         self.memory.forget_schedule(id);
         self.periods.forget(id);
         self.responses.forget_schedule(id);

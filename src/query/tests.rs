@@ -16,6 +16,7 @@ fn budgets() -> QueryBudgets {
         extent_bytes: 1 << 20,
         response_bytes: 1 << 20,
         period_bytes: 1 << 20,
+        period_work_bytes: 1 << 20,
         block_bytes: 1 << 20,
         write_queue: 16,
     }
