@@ -6,13 +6,6 @@
 //! never joins a read that has already been sent, so its answer reflects
 //! every append acknowledged before the request began — as strict as a read
 //! per request, with one round trip for a whole burst of requests.
-//!
-//! Everything the read path uses of a row is fixed by its version (only an
-//! append changes it, and every append bumps the version; ids are never
-//! reused), so the reader remembers the last row of each schedule and the
-//! round trip asks only for the version: the whole row is read again only
-//! when the version moved. The remembered row leaves out the summary,
-//! which a job sets without a new version and no query reads.
 
 use crate::store::{ScheduleRow, Store, StoreError};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -35,8 +28,6 @@ struct Slot {
 pub struct HeadReader {
     store: Arc<dyn Store>,
     slots: Mutex<HashMap<i64, Slot>>,
-    /// The last row read of each schedule (without its summary).
-    rows: Mutex<HashMap<i64, Arc<ScheduleRow>>>,
     next: AtomicU64,
 }
 
@@ -46,7 +37,6 @@ impl HeadReader {
         Arc::new(HeadReader {
             store,
             slots: Mutex::new(HashMap::new()),
-            rows: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
         })
     }
@@ -67,7 +57,12 @@ impl HeadReader {
                             let _ = p.await;
                         }
                         this.start(id, gen);
-                        let result = this.fetch(id).await.map_err(Arc::new);
+                        let result = this
+                            .store
+                            .schedule(id)
+                            .await
+                            .map(|r| r.map(Arc::new))
+                            .map_err(Arc::new);
                         this.finish(id, gen);
                         result
                     }
@@ -79,37 +74,6 @@ impl HeadReader {
             }
         };
         read.await
-    }
-
-    /// The row now: the remembered one when its version is still the
-    /// stored one, else the whole row read again.
-    async fn fetch(&self, id: i64) -> Result<Option<Arc<ScheduleRow>>, StoreError> {
-        let known = self.rows.lock().expect("not poisoned").get(&id).cloned();
-        if let Some(row) = known {
-            match self.store.schedule_version(id).await? {
-                Some(v) if v == row.version => return Ok(Some(row)),
-                Some(_) => {}
-                None => {
-                    self.forget(id);
-                    return Ok(None);
-                }
-            }
-        }
-        let row = self.store.schedule(id).await?.map(|mut r| {
-            r.summary = None;
-            Arc::new(r)
-        });
-        let mut rows = self.rows.lock().expect("not poisoned");
-        match &row {
-            Some(r) => rows.insert(id, r.clone()),
-            None => rows.remove(&id),
-        };
-        Ok(row)
-    }
-
-    /// Forgets the remembered row of a deleted schedule.
-    pub fn forget(&self, id: i64) {
-        self.rows.lock().expect("not poisoned").remove(&id);
     }
 
     /// Read `gen` is about to send its query: later requests queue anew.

@@ -318,7 +318,6 @@ impl QueryService {
 
     /// Forgets everything held in memory for a deleted schedule.
     pub async fn forget_schedule(&self, id: i64) {
-        self.heads.forget(id);
         self.memory.forget_schedule(id);
         self.periods.forget(id);
         self.responses.forget_schedule(id);

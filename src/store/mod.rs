@@ -301,9 +301,6 @@ pub trait Store: Send + Sync {
 
     /// One schedule by id (a primary-key lookup).
     async fn schedule(&self, id: i64) -> StoreResult<Option<ScheduleRow>>;
-    /// Only the version of one schedule (the lightest primary-key lookup:
-    /// the warm path's one round trip).
-    async fn schedule_version(&self, id: i64) -> StoreResult<Option<i64>>;
     /// Schedules, newest first, with ids below `before` if given.
     async fn list_schedules(
         &self,

@@ -442,14 +442,6 @@ where
             .await?)
     }
 
-    async fn schedule_version(&self, id: i64) -> StoreResult<Option<i64>> {
-        let found: Option<(i64,)> = sqlx::query_as("SELECT version FROM schedules WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.dialect.reader())
-            .await?;
-        Ok(found.map(|(v,)| v))
-    }
-
     async fn list_schedules(
         &self,
         limit: i64,
