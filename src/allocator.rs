@@ -1,10 +1,11 @@
 //! What the memory allocator holds, read at each `/metrics` scrape.
 //!
 //! The binary allocates through jemalloc (`src/main.rs`; its options,
-//! such as how fast it returns freed pages, are in `.cargo/config.toml`). Its own counts tell the bytes the
-//! program has live (`allocated`) from the pages it keeps mapped
-//! (`resident`, which is what the process's RSS mostly is): the caches'
-//! budgets bound the first, and the difference is the allocator's.
+//! such as how fast it returns freed pages, are in `.cargo/config.toml`).
+//! Its own counts tell the bytes the program has live (`allocated`) from
+//! the pages it keeps mapped (`resident`, which is what the process's RSS
+//! mostly is): the budgets bound the first, the difference is the
+//! allocator's.
 
 /// Bytes the allocator reports.
 #[derive(Debug, Clone, Copy)]
