@@ -2,12 +2,12 @@
 //! statement for chunk rows, repeatable-read snapshots, row locks and an
 //! advisory lock against concurrent identical uploads.
 
-use super::sql::{Dialect, SqlStore};
-use super::{PoolConfig, StoreResult, VersionGroup};
+use super::sql::{Dialect, SqlStore, SCHEDULE_COLUMNS};
+use super::{PoolConfig, ScheduleRow, StoreResult, VersionGroup};
 use crate::model::{BlockMeta, PackedChunk};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::{ConnectOptions, Postgres, Transaction};
 use std::str::FromStr;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -18,7 +18,52 @@ const COPY_CHUNK_BYTES: usize = 1 << 20;
 /// The Postgres dialect.
 pub struct Pg {
     pool: PgPool,
+    head: HeadLine,
 }
+
+/// One connection kept for the head read. A pooled read costs two round
+/// trips (sqlx pings a pooled connection before lending it) and a task to
+/// hand it back; the head read runs for every burst of requests, so it
+/// gets a connection of its own, opened on first use and again after an
+/// error. While it is busy (another schedule's head read), reads use the
+/// pool, so schedules never queue behind each other.
+struct HeadLine {
+    conn: tokio::sync::Mutex<Option<PgConnection>>,
+    connect_timeout: std::time::Duration,
+}
+
+impl HeadLine {
+    /// The row over the kept connection; `None` while it is busy.
+    async fn row(
+        &self,
+        pool: &PgPool,
+        id: i64,
+    ) -> Option<Result<Option<ScheduleRow>, sqlx::Error>> {
+        let mut slot = self.conn.try_lock().ok()?;
+        if slot.is_none() {
+            let opts = pool.connect_options();
+            match tokio::time::timeout(self.connect_timeout, opts.connect()).await {
+                Ok(Ok(conn)) => *slot = Some(conn),
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(_) => return Some(Err(sqlx::Error::PoolTimedOut)),
+            }
+        }
+        let conn = slot.as_mut().expect("connected above");
+        let sql = HEAD_SQL
+            .get_or_init(|| format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"));
+        let result = sqlx::query_as::<Postgres, ScheduleRow>(sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await;
+        if result.is_err() {
+            // Whatever failed, the next read starts on a new connection.
+            *slot = None;
+        }
+        Some(result)
+    }
+}
+
+static HEAD_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The Postgres store.
 pub type PgStore = SqlStore<Pg>;
@@ -33,8 +78,12 @@ impl PgStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let head = HeadLine {
+            conn: tokio::sync::Mutex::new(None),
+            connect_timeout: config.acquire_timeout,
+        };
         Ok(SqlStore {
-            dialect: Pg { pool },
+            dialect: Pg { pool, head },
         })
     }
 }
@@ -78,6 +127,10 @@ impl Dialect for Pg {
     fn pool_connections(&self) -> (u32, u32) {
         let idle = self.pool.num_idle() as u32;
         (idle, self.pool.size().saturating_sub(idle))
+    }
+
+    async fn head_row(&self, id: i64) -> Option<Result<Option<ScheduleRow>, sqlx::Error>> {
+        self.head.row(&self.pool, id).await
     }
 
     async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {

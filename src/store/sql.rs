@@ -8,7 +8,8 @@ use crate::model::{BlockMeta, PackedChunk, CHUNK_SPAN};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
 /// Columns of [`ScheduleRow`].
-const SCHEDULE_COLUMNS: &str = "id, name, checksum, blocks_digest, range_start, range_end, \
+pub(super) const SCHEDULE_COLUMNS: &str =
+    "id, name, checksum, blocks_digest, range_start, range_end, \
     range_fixed, version, created_at_ms, block_count, period_count, empty_periods_dropped, \
     priority_min, priority_max, max_period_seconds, latest_job_id, summary";
 
@@ -51,6 +52,11 @@ pub trait Dialect: Send + Sync + 'static {
     fn migrator(&self) -> &'static sqlx::migrate::Migrator;
     /// Pool connections as (idle, active).
     fn pool_connections(&self) -> (u32, u32);
+    /// The schedule row by primary key over a connection kept for this one
+    /// query, where the dialect has one (`None`: use the reader pool).
+    async fn head_row(&self, _id: i64) -> Option<Result<Option<ScheduleRow>, sqlx::Error>> {
+        None
+    }
     /// A read-only transaction that sees one snapshot of the database.
     async fn begin_snapshot(&self) -> Result<Transaction<'static, Self::DB>, sqlx::Error>;
     /// Writes block rows `first..` of a schedule.
@@ -435,6 +441,9 @@ where
     }
 
     async fn schedule(&self, id: i64) -> StoreResult<Option<ScheduleRow>> {
+        if let Some(row) = self.dialect.head_row(id).await {
+            return Ok(row?);
+        }
         let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1");
         Ok(sqlx::query_as::<D::DB, ScheduleRow>(&sql)
             .bind(id)
