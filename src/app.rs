@@ -30,7 +30,8 @@ impl Application {
         let pool = store::PoolConfig::new(
             config.database.db_max_connections,
             Duration::from_secs(config.db_timeout),
-        );
+        )
+        .with_head_lease(Duration::from_secs(config.head_lease));
         let store = store::connect(&config.database.url(), pool).await?;
         Self::build_with_store(config, listener, store).await
     }
@@ -156,6 +157,9 @@ impl Application {
     /// in-flight requests get `VISBIN_SHUTDOWN_GRACE` to finish while new
     /// connections are refused.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        // Writers on other replicas need not wait for this one any more.
+        self.state.store.release().await;
+        served
     }
 }

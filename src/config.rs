@@ -160,6 +160,15 @@ pub struct ServeConfig {
     #[arg(long, env = "VISBIN_JOB_LEASE", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 30)]
     pub job_lease: u64,
 
+    /// Seconds a replica's head lease lasts (Postgres). While it holds one
+    /// (renewed every quarter of it), warm answers need no database round
+    /// trip, and every append or delete waits until each replica holding
+    /// a lease has applied it; a replica that died delays writes elsewhere
+    /// by at most this once. 0: hold none (every burst of requests reads
+    /// its schedule's head from the database).
+    #[arg(long, env = "VISBIN_HEAD_LEASE", value_parser = clap::value_parser!(u64).range(0..=600), default_value_t = 2)]
+    pub head_lease: u64,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "VISBIN_WORKERS")]
     pub workers: Option<usize>,

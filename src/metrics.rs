@@ -86,6 +86,22 @@ pub struct Metrics {
     pub database_up: IntGauge,
     /// The allocator's bytes by kind (allocated, resident), read at scrape.
     pub allocator_bytes: IntGaugeVec,
+    /// Schedule heads read by requests, by source: `lease` (known under the
+    /// head lease, no round trip) or `database`.
+    pub head_reads: IntCounterVec,
+    /// 1 while this replica holds a head lease it trusts (read at scrape).
+    pub head_lease_trusted: IntGauge,
+    /// Head-lease epochs begun: the first, and one after every break
+    /// (read at scrape).
+    pub head_lease_epochs: IntCounter,
+    /// Head notices (appends, deletes) this replica applied (read at scrape).
+    pub head_notices: IntCounter,
+    /// This replica's writes by confirmation outcome (read at scrape).
+    pub head_confirmations: IntCounterVec,
+    /// Leases this replica's writes waited for, in all (read at scrape).
+    pub head_confirm_waits: IntCounter,
+    /// Notices sent again to leases that had not acknowledged them.
+    pub head_notices_resent: IntCounter,
 }
 
 impl Metrics {
@@ -101,6 +117,11 @@ impl Metrics {
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
             reg(Box::new(c.clone()));
             c
         };
@@ -275,6 +296,36 @@ impl Metrics {
                 "Bytes the memory allocator holds by kind: allocated (live allocations) and resident (pages it keeps mapped).",
                 &["kind"],
             ),
+            head_reads: counter(
+                "visbin_head_reads_total",
+                "Schedule heads read by requests, by source: lease (known under the head lease, no database round trip) or database.",
+                &["source"],
+            ),
+            head_lease_trusted: gauge(
+                "visbin_head_lease_trusted",
+                "1 while this replica holds a head lease it trusts, else 0.",
+            ),
+            head_lease_epochs: plain_counter(
+                "visbin_head_lease_epochs_total",
+                "Head-lease epochs begun: the first and one after every break (lost connection, late renewal).",
+            ),
+            head_notices: plain_counter(
+                "visbin_head_notices_total",
+                "Head notices (committed appends and deletes) this replica applied.",
+            ),
+            head_confirmations: counter(
+                "visbin_head_confirmations_total",
+                "This replica's appends and deletes by outcome: confirmed (every live lease applied it) or unconfirmed (answered 503, stored).",
+                &["outcome"],
+            ),
+            head_confirm_waits: plain_counter(
+                "visbin_head_confirm_waits_total",
+                "Live head leases this replica's writes waited for, in all.",
+            ),
+            head_notices_resent: plain_counter(
+                "visbin_head_notices_resent_total",
+                "Notices this replica's writes sent again to leases that had not acknowledged them.",
+            ),
             registry,
         }
         .with_initial_series()
@@ -309,7 +360,40 @@ impl Metrics {
         for s in ["done", "failed"] {
             self.jobs_finished.with_label_values(&[s]);
         }
+        for s in ["lease", "database"] {
+            self.head_reads.with_label_values(&[s]);
+        }
+        for o in ["confirmed", "unconfirmed"] {
+            self.head_confirmations.with_label_values(&[o]);
+        }
         self
+    }
+
+    /// Mirrors the head lease's state and counters (at scrape).
+    pub fn observe_head_leases(
+        &self,
+        known: Option<crate::store::KnownStats>,
+        confirms: Option<crate::store::ConfirmStats>,
+    ) {
+        // The sources count up from zero, so the counters follow them.
+        let follow = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        if let Some(k) = known {
+            self.head_lease_trusted.set(i64::from(k.trusted));
+            follow(&self.head_lease_epochs, k.epochs);
+            follow(&self.head_notices, k.notifications);
+        }
+        if let Some(c) = confirms {
+            follow(
+                &self.head_confirmations.with_label_values(&["confirmed"]),
+                c.confirmed,
+            );
+            follow(
+                &self.head_confirmations.with_label_values(&["unconfirmed"]),
+                c.unconfirmed,
+            );
+            follow(&self.head_confirm_waits, c.waited_for);
+            follow(&self.head_notices_resent, c.resent);
+        }
     }
 
     /// Renders the registry in the Prometheus text format.

@@ -138,6 +138,15 @@ impl From<StoreError> for ApiError {
             StoreError::IdentityExists(id) => identity_exists(&id),
             StoreError::TooMany { what, limit } => IngestError::TooMany { what, limit }.into(),
             StoreError::Unavailable(_) => ApiError::unavailable(e.into()),
+            StoreError::Unconfirmed(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unconfirmed",
+                format!(
+                    "the write is stored, but {m} (the database became unreachable); every \
+                     replica sees it within VISBIN_HEAD_LEASE at the latest; do not repeat \
+                     it: read the schedule to see it"
+                ),
+            ),
             e => ApiError::internal(e.into()),
         }
     }

@@ -348,6 +348,10 @@ async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) -> Htt
     m.period_work_bytes
         .set(state.query.periods().work_bytes() as i64);
     m.response_bytes.set(state.query.response_bytes() as i64);
+    m.observe_head_leases(
+        state.store.known_heads().map(|k| k.stats()),
+        state.store.confirm_stats(),
+    );
     if let Some(a) = crate::allocator::bytes() {
         let set = |kind: &str, v: u64| m.allocator_bytes.with_label_values(&[kind]).set(v as i64);
         set("allocated", a.allocated);

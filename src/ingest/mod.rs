@@ -381,6 +381,9 @@ impl IngestService {
             })?;
         self.jobs.spawn(appended.job_id);
         self.compact_behind(id);
+        // Acknowledged only once every replica holding a head lease has
+        // applied it (it is stored and its job runs either way).
+        self.store.confirm(appended.notice).await?;
         Ok(AppendedBlocks {
             schedule: appended.schedule,
             job_id: appended.job_id,

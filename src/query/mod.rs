@@ -28,7 +28,7 @@ use crate::cache::{MemoryTier, PersistWriter};
 use crate::engine::{BinCounts, BinRange, Filter, Grid};
 use crate::metrics::Metrics;
 use crate::periods::{PeriodSet, PeriodView, Residency, ResidentTier};
-use crate::store::{ScheduleRow, Store, StoreError};
+use crate::store::{KnownHeads, ScheduleRow, Store, StoreError};
 use head::HeadReader;
 use responses::{holds_tag, Responses};
 use std::sync::Arc;
@@ -247,6 +247,8 @@ pub struct QueryService {
     metrics: Arc<Metrics>,
     limits: QueryLimits,
     heads: Arc<HeadReader>,
+    /// Heads known under this replica's head lease (Postgres).
+    known: Option<Arc<KnownHeads>>,
     periods: Arc<ResidentTier>,
     blocks: BlockTables,
     logs: ChangeLogs,
@@ -271,6 +273,7 @@ impl QueryService {
         metrics.cache_capacity.set(budgets.extent_bytes as i64);
         Arc::new(QueryService {
             heads: HeadReader::new(store.clone()),
+            known: store.known_heads(),
             periods: ResidentTier::new(
                 store.clone(),
                 metrics.clone(),
@@ -325,9 +328,18 @@ impl QueryService {
         self.logs.forget(id).await;
     }
 
-    /// The schedule's row as of a moment after this call began (coalesced
-    /// with concurrent requests for the same schedule).
+    /// The schedule's row as of a moment after this call began: the head
+    /// this replica knows under its head lease, else a database read
+    /// (coalesced with concurrent requests for the same schedule), which
+    /// the lease then lets it keep.
     async fn head(&self, id: i64) -> Result<Arc<ScheduleRow>, QueryError> {
+        if let Some(row) = self.known.as_ref().and_then(|k| k.get(id)) {
+            self.metrics.head_reads.with_label_values(&["lease"]).inc();
+            return Ok(row);
+        }
+        // Taken before the read is sent (a coalesced read is sent after
+        // this request began).
+        let ticket = self.known.as_ref().and_then(|k| k.ticket());
         let timer = self.metrics.store_timer("schedule_head");
         let head = self
             .heads
@@ -335,7 +347,15 @@ impl QueryService {
             .await
             .map_err(|e| QueryError::store(id, e))?;
         timer.observe_duration();
-        head.ok_or(QueryError::NotFound(id))
+        self.metrics
+            .head_reads
+            .with_label_values(&["database"])
+            .inc();
+        let head = head.ok_or(QueryError::NotFound(id))?;
+        if let (Some(known), Some(ticket)) = (&self.known, ticket) {
+            known.learn(ticket, &head);
+        }
+        Ok(head)
     }
 
     /// The periods of `head.version` that may meet `[from, to)`: from the

@@ -8,20 +8,27 @@
 //!   placeholders, which both databases accept.
 //! - `postgres.rs`, `sqlite.rs`: what truly differs — pools, snapshots,
 //!   bulk writes (`COPY` vs batched `INSERT`), locking.
+//! - `known.rs`, `watch.rs`: head leases (Postgres) — the schedule heads a
+//!   replica may answer from without a database read, kept current by
+//!   notices every append and delete waits on before it is acknowledged.
 //!
 //! Queries are built at run time because compile-time checks would cover
 //! one dialect only.
 
+mod known;
 mod postgres;
 mod sql;
 mod sqlite;
+mod watch;
 
 use crate::model::{BlockMeta, Header, PackedChunk, UploadStats};
 use async_trait::async_trait;
 use std::sync::Arc;
 
+pub use known::{KnownHeads, KnownStats, Ticket};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use watch::ConfirmStats;
 
 /// Errors of the storage layer, classified for the caller.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +54,12 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A write committed, but not every replica holding a head lease
+    /// confirmed it in time (the database became unreachable meanwhile):
+    /// the write is stored, and every replica sees it once its lease has
+    /// run out at the latest.
+    #[error("stored, but {0}")]
+    Unconfirmed(String),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -271,10 +284,33 @@ pub enum Inserted {
 }
 
 /// A stored append: the schedule as it is now and its new summary job.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Appended {
     pub schedule: ScheduleRow,
     pub job_id: i64,
+    /// To pass to [`Store::confirm`] before the append is acknowledged.
+    pub notice: Notice,
+}
+
+/// A committed write's notice to the replicas holding head leases; see
+/// [`Store::confirm`]. Empty where the store keeps no leases (SQLite).
+pub struct Notice(Option<watch::Announcement>);
+
+impl Notice {
+    /// A notice nobody waits for.
+    pub fn none() -> Notice {
+        Notice(None)
+    }
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Notice(announced)"
+        } else {
+            "Notice(none)"
+        })
+    }
 }
 
 /// Everything visbin persists.
@@ -286,6 +322,26 @@ pub trait Store: Send + Sync {
     async fn ready(&self) -> StoreResult<()>;
     /// Pool connections as (idle, active).
     fn pool_connections(&self) -> (u32, u32);
+
+    /// The heads this replica may answer from without a database read,
+    /// where the store keeps head leases (Postgres; `None` elsewhere).
+    fn known_heads(&self) -> Option<Arc<KnownHeads>> {
+        None
+    }
+    /// Waits until every replica holding a head lease has applied a
+    /// committed append's notice; only then may the append be
+    /// acknowledged. [`StoreError::Unconfirmed`] if that cannot be known in
+    /// time.
+    async fn confirm(&self, _notice: Notice) -> StoreResult<()> {
+        Ok(())
+    }
+    /// What confirmations did, where the store keeps head leases.
+    fn confirm_stats(&self) -> Option<ConfirmStats> {
+        None
+    }
+    /// Gives up this replica's head lease (at shutdown), so that writers
+    /// elsewhere stop waiting for it.
+    async fn release(&self) {}
 
     /// The schedule with this checksum, if any.
     async fn find_by_checksum(&self, checksum: &str) -> StoreResult<Option<ScheduleRow>>;
@@ -307,7 +363,9 @@ pub trait Store: Send + Sync {
         limit: i64,
         before: Option<i64>,
     ) -> StoreResult<Vec<ScheduleRow>>;
-    /// Removes a schedule, its blocks, chunks, changes and cached extents.
+    /// Removes a schedule, its blocks, chunks, changes and cached extents;
+    /// returns once every replica holding a head lease has applied it
+    /// (see [`Store::confirm`]).
     async fn delete_schedule(&self, id: i64) -> StoreResult<bool>;
 
     /// Blocks of a schedule from index `first` on, by index (blocks are
@@ -409,6 +467,9 @@ pub struct PoolConfig {
     /// How long a call waits for a connection (connecting included) before
     /// it fails as [`StoreError::Unavailable`].
     pub acquire_timeout: std::time::Duration,
+    /// How long a head lease lasts (Postgres); zero: hold none, so every
+    /// burst of requests reads its schedule's head from the database.
+    pub head_lease: std::time::Duration,
 }
 
 impl PoolConfig {
@@ -417,7 +478,14 @@ impl PoolConfig {
         PoolConfig {
             max_connections,
             acquire_timeout,
+            head_lease: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same with head leases of `lease` (zero: none).
+    pub fn with_head_lease(mut self, lease: std::time::Duration) -> PoolConfig {
+        self.head_lease = lease;
+        self
     }
 }
 

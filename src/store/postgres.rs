@@ -3,7 +3,8 @@
 //! advisory lock against concurrent identical uploads.
 
 use super::sql::{Dialect, SqlStore, SCHEDULE_COLUMNS};
-use super::{PoolConfig, ScheduleRow, StoreResult, VersionGroup};
+use super::watch::HeadWatch;
+use super::{ConfirmStats, KnownHeads, Notice, PoolConfig, ScheduleRow, StoreResult, VersionGroup};
 use crate::model::{BlockMeta, PackedChunk};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -19,6 +20,7 @@ const COPY_CHUNK_BYTES: usize = 1 << 20;
 pub struct Pg {
     pool: PgPool,
     head: HeadLine,
+    watch: std::sync::Arc<HeadWatch>,
 }
 
 /// One connection kept for the head read. A pooled read costs two round
@@ -82,8 +84,14 @@ impl PgStore {
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: config.acquire_timeout,
         };
+        let watch = HeadWatch::new(
+            pool.clone(),
+            pool.connect_options().as_ref().clone(),
+            config.head_lease,
+            config.acquire_timeout,
+        );
         Ok(SqlStore {
-            dialect: Pg { pool, head },
+            dialect: Pg { pool, head, watch },
         })
     }
 }
@@ -131,6 +139,34 @@ impl Dialect for Pg {
 
     async fn head_row(&self, id: i64) -> Option<Result<Option<ScheduleRow>, sqlx::Error>> {
         self.head.row(&self.pool, id).await
+    }
+
+    async fn announce(
+        &self,
+        conn: &mut PgConnection,
+        id: i64,
+        version: Option<i64>,
+    ) -> Result<Notice, sqlx::Error> {
+        Ok(Notice(Some(self.watch.announce(conn, id, version).await?)))
+    }
+
+    async fn confirm(&self, notice: Notice) -> StoreResult<()> {
+        match notice.0 {
+            Some(a) => self.watch.confirm(a).await,
+            None => Ok(()),
+        }
+    }
+
+    fn known_heads(&self) -> Option<std::sync::Arc<KnownHeads>> {
+        Some(self.watch.known())
+    }
+
+    fn confirm_stats(&self) -> Option<ConfirmStats> {
+        Some(self.watch.stats())
+    }
+
+    async fn release(&self) {
+        self.watch.release().await
     }
 
     async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {

@@ -57,6 +57,30 @@ pub trait Dialect: Send + Sync + 'static {
     async fn head_row(&self, _id: i64) -> Option<Result<Option<ScheduleRow>, sqlx::Error>> {
         None
     }
+    /// Announces, inside a write's transaction, that schedule `id` moves to
+    /// `version` (`None`: deleted), where replicas may hold head leases.
+    async fn announce(
+        &self,
+        _conn: &mut <Self::DB as Database>::Connection,
+        _id: i64,
+        _version: Option<i64>,
+    ) -> Result<Notice, sqlx::Error> {
+        Ok(Notice::none())
+    }
+    /// See [`Store::confirm`].
+    async fn confirm(&self, _notice: Notice) -> StoreResult<()> {
+        Ok(())
+    }
+    /// See [`Store::known_heads`].
+    fn known_heads(&self) -> Option<Arc<KnownHeads>> {
+        None
+    }
+    /// See [`Store::confirm_stats`].
+    fn confirm_stats(&self) -> Option<ConfirmStats> {
+        None
+    }
+    /// See [`Store::release`].
+    async fn release(&self) {}
     /// A read-only transaction that sees one snapshot of the database.
     async fn begin_snapshot(&self) -> Result<Transaction<'static, Self::DB>, sqlx::Error>;
     /// Writes block rows `first..` of a schedule.
@@ -298,6 +322,22 @@ where
         self.dialect.pool_connections()
     }
 
+    fn known_heads(&self) -> Option<Arc<KnownHeads>> {
+        self.dialect.known_heads()
+    }
+
+    async fn confirm(&self, notice: Notice) -> StoreResult<()> {
+        self.dialect.confirm(notice).await
+    }
+
+    fn confirm_stats(&self) -> Option<ConfirmStats> {
+        self.dialect.confirm_stats()
+    }
+
+    async fn release(&self) {
+        self.dialect.release().await
+    }
+
     async fn find_by_checksum(&self, checksum: &str) -> StoreResult<Option<ScheduleRow>> {
         let sql = format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE checksum = $1 ORDER BY id LIMIT 1"
@@ -436,8 +476,13 @@ where
             .bind(job_id)
             .fetch_one(&mut *tx)
             .await?;
+        let notice = self.dialect.announce(&mut tx, id, Some(u.version)).await?;
         tx.commit().await?;
-        Ok(Appended { schedule, job_id })
+        Ok(Appended {
+            schedule,
+            job_id,
+            notice,
+        })
     }
 
     async fn schedule(&self, id: i64) -> StoreResult<Option<ScheduleRow>> {
@@ -479,7 +524,12 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
+        let notice = match found {
+            Some(_) => self.dialect.announce(&mut tx, id, None).await?,
+            None => Notice::none(),
+        };
         tx.commit().await?;
+        self.dialect.confirm(notice).await?;
         Ok(found.is_some())
     }
 
