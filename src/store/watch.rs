@@ -37,6 +37,8 @@ const HEADS: &str = "visbin_heads";
 const ACKS: &str = "visbin_head_acks";
 /// NOTIFY payloads must stay under 8,000 bytes.
 const MAX_PAYLOAD: usize = 7_000;
+/// The listening connection's `application_name` (`pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "visbin head watch";
 /// Longest pause between two attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -305,7 +307,7 @@ impl HeadWatch {
                 .acquire_timeout(t)
                 .idle_timeout(None)
                 .max_lifetime(None)
-                .connect_with(self.opts.clone()),
+                .connect_with(self.opts.clone().application_name(APPLICATION_NAME)),
         )
         .await
         {

@@ -1,0 +1,295 @@
+//! Head leases (Postgres): a replica answers warm requests from the heads
+//! it knows, without a database round trip, and still never misses a
+//! write acknowledged before a request began — appends and deletes wait
+//! for every live lease. A replica that died holding a lease delays writes
+//! by at most that lease; a dropped listening connection ends the epoch
+//! and the lease is taken again.
+
+mod common;
+use common::oracle::{self, OBlock, OFilter};
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T0: i64 = 1_737_244_800;
+const DAY: i64 = 86_400;
+
+fn blocks(n: usize) -> Vec<OBlock> {
+    (0..n)
+        .map(|i| {
+            let s = T0 + (i as i64 * 7_919) % (6 * DAY);
+            OBlock {
+                identity: format!("b{i}"),
+                priority: (i % 10) as f64,
+                scheduled: i % 3 == 0,
+                periods: vec![(s, s + 3_600 + (i as i64 % 5) * 600)],
+            }
+        })
+        .collect()
+}
+
+fn to_json(b: &OBlock) -> serde_json::Value {
+    block(&b.identity, b.priority, b.scheduled, &b.periods)
+}
+
+fn lease_reads(app: &TestApp) -> u64 {
+    app.app_state
+        .metrics
+        .head_reads
+        .with_label_values(&["lease"])
+        .get()
+}
+
+/// Waits until `app` trusts a head lease in epoch `epochs` or later.
+async fn wait_lease(app: &TestApp, epochs: u64) {
+    let known = app
+        .store()
+        .known_heads()
+        .expect("Postgres keeps head leases");
+    for _ in 0..200 {
+        let s = known.stats();
+        if s.trusted && s.epochs >= epochs {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no head lease in epoch {epochs}: {:?}", known.stats());
+}
+
+fn version(r: &Resp) -> i64 {
+    r.header("x-schedule-version").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_answers_come_from_the_lease_and_never_miss_an_acknowledged_write() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = Arc::new(TestApp::start(&db, &[]).await);
+    let b = Arc::new(TestApp::start(&db, &[]).await);
+    let mut all = blocks(60);
+    let up = a
+        .upload(&json!({"name": "leased", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
+        .await;
+    let id = up["schedule_id"].as_i64().unwrap();
+    a.wait_job(up["job_id"].as_i64().unwrap()).await;
+    wait_lease(&b, 1).await;
+    let warm = format!(
+        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
+        T0 + 7 * DAY
+    );
+    assert_eq!(b.get(&warm).await.status, 200);
+    let before = lease_reads(&b);
+    let r = b.get(&warm).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, "hit"));
+    assert_eq!(
+        lease_reads(&b),
+        before + 1,
+        "a warm answer reads no head from the database"
+    );
+
+    // Appends through A while B answers: every answer of B is of a version
+    // at least as new as the last append acknowledged before it was asked.
+    let acked = Arc::new(AtomicI64::new(1));
+    let done = Arc::new(AtomicBool::new(false));
+    let lease_before = lease_reads(&b);
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (b, acked, done, warm) = (b.clone(), acked.clone(), done.clone(), warm.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.load(Ordering::SeqCst) {
+                let floor = acked.load(Ordering::SeqCst);
+                let r = b.get(&warm).await;
+                assert_eq!(r.status, 200, "{}", r.text);
+                let v = version(&r);
+                assert!(
+                    v >= floor,
+                    "B answered version {v} after version {floor} was acknowledged"
+                );
+                seen.insert(v);
+            }
+            seen
+        }));
+    }
+    let mut added = Vec::new();
+    for i in 0..30i64 {
+        let s = T0 + i * 4 * 3_600;
+        let block = OBlock {
+            identity: format!("r{i}"),
+            priority: 4.0,
+            scheduled: false,
+            periods: vec![(s, s + 1_800)],
+        };
+        let r = a
+            .post(
+                &format!("/v1/schedules/{id}/blocks"),
+                "application/json",
+                json!([to_json(&block)]).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        acked.store(r.json()["version"].as_i64().unwrap(), Ordering::SeqCst);
+        added.push(block);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut versions = std::collections::BTreeSet::new();
+    for r in readers {
+        versions.extend(r.await.unwrap());
+    }
+    assert!(
+        versions.len() > 5,
+        "B's answers moved with the appends: {versions:?}"
+    );
+    assert!(
+        lease_reads(&b) > lease_before,
+        "B answered from its lease while the appends ran"
+    );
+    let confirmations = a
+        .app_state
+        .store
+        .confirm_stats()
+        .expect("Postgres confirms writes");
+    assert_eq!(confirmations.confirmed, 30);
+    assert!(
+        confirmations.waited_for >= 60,
+        "each append waited for both leases: {confirmations:?}"
+    );
+
+    // After the appends, B's answer is the oracle's.
+    all.extend(added);
+    let r = b.get(&warm).await;
+    assert_eq!(version(&r), 31);
+    assert_eq!(
+        parse_answer("json", &r.text).counts,
+        oracle::bins(&all, &OFilter::default(), T0, 3_600, 7 * 24)
+    );
+
+    // A delete through A is seen by B's next request.
+    assert_eq!(b.get(&warm).await.status, 200);
+    assert_eq!(a.delete(&format!("/v1/schedules/{id}")).await.status, 204);
+    assert_eq!(b.get(&warm).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_died_holding_a_lease_delays_writes_by_at_most_that_lease() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = TestApp::start(&db, &[]).await;
+    let up = a
+        .upload(
+            &json!({"name": "ghost", "blocks": blocks(5).iter().map(to_json).collect::<Vec<_>>()}),
+        )
+        .await;
+    let id = up["schedule_id"].as_i64().unwrap();
+    wait_lease(&a, 1).await;
+    // A replica that took a lease and died: it never acknowledges.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO head_leases (replica, epoch, expires_at) \
+         VALUES ('ghost', 1, now() + interval '1500 milliseconds')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let append = |name: &str| json!([block(name, 1.0, false, &[(T0, T0 + 600)])]).to_string();
+    let started = Instant::now();
+    let r = a
+        .post(
+            &format!("/v1/schedules/{id}/blocks"),
+            "application/json",
+            append("late"),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        took >= Duration::from_millis(1_000) && took < Duration::from_secs(4),
+        "the append waited for the dead replica's lease to run out: {took:?}"
+    );
+    let stats = a.app_state.store.confirm_stats().unwrap();
+    assert!(stats.resent > 0, "the notice was sent again: {stats:?}");
+    // Its lease is over: the next append waits for A alone.
+    let started = Instant::now();
+    let r = a
+        .post(
+            &format!("/v1/schedules/{id}/blocks"),
+            "application/json",
+            append("prompt"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_listening_connection_ends_the_epoch_and_the_lease_is_taken_again() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = TestApp::start(&db, &[]).await;
+    let b = TestApp::start(&db, &[]).await;
+    let mut all = blocks(20);
+    let up = a
+        .upload(&json!({"name": "dropped", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
+        .await;
+    let id = up["schedule_id"].as_i64().unwrap();
+    wait_lease(&b, 1).await;
+    let warm = format!(
+        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
+        T0 + 7 * DAY
+    );
+    b.get(&warm).await;
+    let known = b.store().known_heads().unwrap();
+    assert_eq!(known.stats().rows, 1, "B knows the head");
+
+    // Postgres drops both replicas' listening connections.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let dbname = db.url.rsplit('/').next().unwrap();
+    let (killed,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'visbin head watch' AND datname = $1",
+    )
+    .bind(dbname)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(killed, 2);
+    // An append right away is confirmed: B's old epoch no longer counts
+    // once its new one is written (or its lease has run out).
+    let add = OBlock {
+        identity: "after-drop".into(),
+        priority: 9.0,
+        scheduled: true,
+        periods: vec![(T0 + 600, T0 + 4_200)],
+    };
+    let r = a
+        .post(
+            &format!("/v1/schedules/{id}/blocks"),
+            "application/json",
+            json!([to_json(&add)]).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    all.push(add);
+    // B's next request sees it, whatever state its lease is in.
+    let r = b.get(&warm).await;
+    assert_eq!(version(&r), 2);
+    assert_eq!(
+        parse_answer("json", &r.text).counts,
+        oracle::bins(&all, &OFilter::default(), T0, 3_600, 7 * 24)
+    );
+    // B listens again in a new epoch and answers from its lease again.
+    wait_lease(&b, 2).await;
+    b.get(&warm).await;
+    let before = lease_reads(&b);
+    assert_eq!(version(&b.get(&warm).await), 2);
+    assert_eq!(lease_reads(&b), before + 1);
+    a.stop().await;
+    b.stop().await;
+}
