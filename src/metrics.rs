@@ -23,6 +23,8 @@ fn latency_buckets() -> Vec<f64> {
 
 /// All metrics of one app instance.
 pub struct Metrics {
+    /// Series of the vectors below counted on every warm request.
+    pub hot: HotCounters,
     /// The registry `/metrics` renders.
     pub registry: Registry,
     /// Request latency by method, route template, status and cache outcome.
@@ -104,6 +106,19 @@ pub struct Metrics {
     pub head_notices_resent: IntCounter,
 }
 
+/// Series counted on every warm request, resolved once rather than looked
+/// up by their label values each time.
+pub struct HotCounters {
+    /// `visbin_bins_served_total{source="memory"}`.
+    pub bins_from_memory: IntCounter,
+    /// `visbin_cache_lookups_total{tier="response"}` by outcome.
+    pub response_hits: IntCounter,
+    pub response_misses: IntCounter,
+    /// `visbin_head_reads_total` by source.
+    pub heads_from_lease: IntCounter,
+    pub heads_from_database: IntCounter,
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
@@ -173,7 +188,31 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
 
+        let bins_served = counter(
+            "visbin_bins_served_total",
+            "Bins returned to clients by source (memory, store, computed).",
+            &["source"],
+        );
+        let cache_lookups = counter(
+            "visbin_cache_lookups_total",
+            "Cache lookups by tier (response, memory, store) and outcome (hit, partial, miss).",
+            &["tier", "outcome"],
+        );
+        let head_reads = counter(
+            "visbin_head_reads_total",
+            "Schedule heads read by requests, by source: lease (known under the head lease, no database round trip) or database.",
+            &["source"],
+        );
+        // Resolved once: the warm path counts these on every request.
+        let hot = HotCounters {
+            bins_from_memory: bins_served.with_label_values(&["memory"]),
+            response_hits: cache_lookups.with_label_values(&["response", "hit"]),
+            response_misses: cache_lookups.with_label_values(&["response", "miss"]),
+            heads_from_lease: head_reads.with_label_values(&["lease"]),
+            heads_from_database: head_reads.with_label_values(&["database"]),
+        };
         Metrics {
+            hot,
             http_duration: hist(
                 "visbin_http_request_duration_seconds",
                 "HTTP request latency by method, route template, status and cache outcome.",
@@ -200,16 +239,8 @@ impl Metrics {
                 &["query"],
                 latency_buckets(),
             ),
-            bins_served: counter(
-                "visbin_bins_served_total",
-                "Bins returned to clients by source (memory, store, computed).",
-                &["source"],
-            ),
-            cache_lookups: counter(
-                "visbin_cache_lookups_total",
-                "Cache lookups by tier (response, memory, store) and outcome (hit, partial, miss).",
-                &["tier", "outcome"],
-            ),
+            bins_served,
+            cache_lookups,
             cache_bytes: gauge(
                 "visbin_cache_memory_bytes",
                 "Weighted size of the in-memory bin cache in bytes.",
@@ -296,11 +327,7 @@ impl Metrics {
                 "Bytes the memory allocator holds by kind: allocated (live allocations) and resident (pages it keeps mapped).",
                 &["kind"],
             ),
-            head_reads: counter(
-                "visbin_head_reads_total",
-                "Schedule heads read by requests, by source: lease (known under the head lease, no database round trip) or database.",
-                &["source"],
-            ),
+            head_reads,
             head_lease_trusted: gauge(
                 "visbin_head_lease_trusted",
                 "1 while this replica holds a head lease it trusts, else 0.",

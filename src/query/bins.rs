@@ -147,21 +147,11 @@ impl QueryService {
             )
             .into();
             let looked_up = Instant::now();
-            let tag = tag_of(response_key.as_bytes());
-            let held = holds_tag(&q.holds, &tag);
-            let cached = if held {
-                None
-            } else {
-                self.responses.get(&response_key)
-            };
-            if held || cached.is_some() {
-                self.metrics
-                    .bins_served
-                    .with_label_values(&["memory"])
-                    .inc_by(bins.len() as u64);
+            if let Some(held) = self.responses.answer(&response_key, &q.holds) {
+                self.metrics.hot.bins_from_memory.inc_by(bins.len() as u64);
                 return Ok(Answer {
-                    body: cached,
-                    tag,
+                    body: held.body,
+                    tag: held.tag,
                     cache: CacheOutcome::Hit,
                     timing: Timing {
                         store: head_read,
@@ -194,6 +184,7 @@ impl QueryService {
                 Format::Columnar => encode::columnar(&env, &grid, &computed.counts),
                 Format::Csv => encode::csv(&grid, &computed.counts),
             });
+            let tag = tag_of(response_key.as_bytes());
             let body = Encoded::new(bytes, q.format.content_type(), tag.clone());
             self.responses.insert(response_key, body.clone());
             let mut timing = computed.timing;

@@ -48,17 +48,10 @@ impl QueryService {
             let key = crate::cache::CacheKey::new(id, &grid, &q.filter);
             let response_key: Arc<str> =
                 format!("histogram|{}|{s}|{e}|{d}|{}", head.version, key.text).into();
-            let tag = tag_of(response_key.as_bytes());
-            let held = holds_tag(&q.holds, &tag);
-            let cached = if held {
-                None
-            } else {
-                self.responses.get(&response_key)
-            };
-            if held || cached.is_some() {
+            if let Some(held) = self.responses.answer(&response_key, &q.holds) {
                 return Ok(Answer {
-                    body: cached,
-                    tag,
+                    body: held.body,
+                    tag: held.tag,
                     cache: CacheOutcome::Hit,
                     timing: Timing {
                         cache: started.elapsed(),
@@ -109,6 +102,7 @@ impl QueryService {
                     (a, (a + d).min(e), counts.columns[0][i as usize])
                 })
                 .collect();
+            let tag = tag_of(response_key.as_bytes());
             let body = Encoded::new(
                 bytes::Bytes::from(encode::histogram(&rows)),
                 "application/json",

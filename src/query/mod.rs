@@ -334,7 +334,7 @@ impl QueryService {
     /// the lease then lets it keep.
     async fn head(&self, id: i64) -> Result<Arc<ScheduleRow>, QueryError> {
         if let Some(row) = self.known.as_ref().and_then(|k| k.get(id)) {
-            self.metrics.head_reads.with_label_values(&["lease"]).inc();
+            self.metrics.hot.heads_from_lease.inc();
             return Ok(row);
         }
         // Taken before the read is sent (a coalesced read is sent after
@@ -347,10 +347,7 @@ impl QueryService {
             .await
             .map_err(|e| QueryError::store(id, e))?;
         timer.observe_duration();
-        self.metrics
-            .head_reads
-            .with_label_values(&["database"])
-            .inc();
+        self.metrics.hot.heads_from_database.inc();
         let head = head.ok_or(QueryError::NotFound(id))?;
         if let (Some(known), Some(ticket)) = (&self.known, ticket) {
             known.learn(ticket, &head);

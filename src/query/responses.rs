@@ -165,12 +165,21 @@ impl Encoded {
 /// The opaque part of the entity tag of the answer stored under `key` (or
 /// of any content: a digest of it).
 pub fn tag_of(key: impl AsRef<[u8]>) -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(key.as_ref());
-    d[..10]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into()
+    let mut tag = String::with_capacity(20);
+    for b in &d[..10] {
+        tag.push(HEX[usize::from(b >> 4)] as char);
+        tag.push(HEX[usize::from(b & 15)] as char);
+    }
+    tag.into()
+}
+
+/// A request answered from the response cache, or by a `304`.
+pub struct Held {
+    /// `None`: the client holds the answer (a revalidation).
+    pub body: Option<Arc<Encoded>>,
+    pub tag: Arc<str>,
 }
 
 /// Serialized answers.
@@ -198,11 +207,29 @@ impl Responses {
     /// `response` tier.
     pub fn get(&self, key: &Arc<str>) -> Option<Arc<Encoded>> {
         let found = self.cache.get(key);
-        self.metrics
-            .cache_lookups
-            .with_label_values(&["response", if found.is_some() { "hit" } else { "miss" }])
-            .inc();
+        let hot = &self.metrics.hot;
+        match found {
+            Some(_) => hot.response_hits.inc(),
+            None => hot.response_misses.inc(),
+        }
         found
+    }
+
+    /// The answer stored under `key`, or that the client holds it (it sent
+    /// one of `holds` in `If-None-Match`); `None` when it must be made.
+    /// The tag is computed only to compare it with what the client holds:
+    /// a stored answer carries its own.
+    pub fn answer(&self, key: &Arc<str>, holds: &[String]) -> Option<Held> {
+        if !holds.is_empty() {
+            let tag = tag_of(key.as_bytes());
+            if holds_tag(holds, &tag) {
+                return Some(Held { body: None, tag });
+            }
+        }
+        self.get(key).map(|body| Held {
+            tag: body.tag.clone(),
+            body: Some(body),
+        })
     }
 
     /// Stores an answer.
