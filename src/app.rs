@@ -31,7 +31,8 @@ impl Application {
             config.database.db_max_connections,
             Duration::from_secs(config.db_timeout),
         )
-        .with_head_lease(Duration::from_secs(config.head_lease));
+        .with_head_lease(Duration::from_secs(config.head_lease))
+        .serving();
         let store = store::connect(&config.database.url(), pool).await?;
         Self::build_with_store(config, listener, store).await
     }

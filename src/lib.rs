@@ -14,13 +14,17 @@
 //!   compaction, and the move from the old one-row-per-period layout.
 //! - [`cache`]: bin extents — gap arithmetic, validity by change log, the
 //!   memory tier (moka), the persisted tier's writer, single-flight.
-//! - [`query`]: the one read path — head read, resident periods, extent
-//!   tiers, compute the gaps, response cache — for range queries, the TSI
-//!   histogram and summary jobs, each answered from one version.
+//! - [`query`]: the one read path — head (from the lease, or read),
+//!   resident periods, extent tiers, compute the gaps, response cache — for
+//!   range queries, the TSI histogram and summary jobs, each answered from
+//!   one version.
 //! - [`ingest`]: uploads and appends — body limits, parse, pack, checksum,
 //!   duplicate check, one write transaction, summary job.
 //! - [`store`]: the `Store` trait, the SQL both dialects share, and the
-//!   Postgres and SQLite dialects; the only module that speaks SQL.
+//!   Postgres and SQLite dialects; the only module that speaks SQL. On
+//!   Postgres also head leases: the heads a replica may answer from without
+//!   a round trip, kept current by notices every append and delete waits
+//!   on before it is acknowledged.
 //! - [`jobs`]: background summary jobs and their progress.
 //! - [`api`]: actix routes, middleware, problem+json errors, OpenAPI; it
 //!   parses requests, calls `query`/`ingest`, and formats responses.

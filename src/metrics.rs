@@ -88,10 +88,12 @@ pub struct Metrics {
     pub database_up: IntGauge,
     /// The allocator's bytes by kind (allocated, resident), read at scrape.
     pub allocator_bytes: IntGaugeVec,
-    /// Schedule heads read by requests, by source: `lease` (known under the
-    /// head lease, no round trip) or `database`.
+    /// Schedule heads taken by requests, by source: `known` (under the head
+    /// lease, or as a SQLite file's only server: no round trip) or
+    /// `database`.
     pub head_reads: IntCounterVec,
-    /// 1 while this replica holds a head lease it trusts (read at scrape).
+    /// 1 while this replica trusts the heads it knows: it holds a head
+    /// lease (Postgres) or serves the file (SQLite) (read at scrape).
     pub head_lease_trusted: IntGauge,
     /// Head-lease epochs begun: the first, and one after every break
     /// (read at scrape).
@@ -115,7 +117,7 @@ pub struct HotCounters {
     pub response_hits: IntCounter,
     pub response_misses: IntCounter,
     /// `visbin_head_reads_total` by source.
-    pub heads_from_lease: IntCounter,
+    pub heads_known: IntCounter,
     pub heads_from_database: IntCounter,
 }
 
@@ -200,7 +202,7 @@ impl Metrics {
         );
         let head_reads = counter(
             "visbin_head_reads_total",
-            "Schedule heads read by requests, by source: lease (known under the head lease, no database round trip) or database.",
+            "Schedule heads taken by requests, by source: known (under the head lease on Postgres, or as the SQLite file's only server: no database round trip) or database.",
             &["source"],
         );
         // Resolved once: the warm path counts these on every request.
@@ -208,7 +210,7 @@ impl Metrics {
             bins_from_memory: bins_served.with_label_values(&["memory"]),
             response_hits: cache_lookups.with_label_values(&["response", "hit"]),
             response_misses: cache_lookups.with_label_values(&["response", "miss"]),
-            heads_from_lease: head_reads.with_label_values(&["lease"]),
+            heads_known: head_reads.with_label_values(&["known"]),
             heads_from_database: head_reads.with_label_values(&["database"]),
         };
         Metrics {
@@ -330,7 +332,7 @@ impl Metrics {
             head_reads,
             head_lease_trusted: gauge(
                 "visbin_head_lease_trusted",
-                "1 while this replica holds a head lease it trusts, else 0.",
+                "1 while this replica trusts the heads it knows (it holds a head lease on Postgres, or serves the SQLite file), else 0.",
             ),
             head_lease_epochs: plain_counter(
                 "visbin_head_lease_epochs_total",
@@ -387,7 +389,7 @@ impl Metrics {
         for s in ["done", "failed"] {
             self.jobs_finished.with_label_values(&[s]);
         }
-        for s in ["lease", "database"] {
+        for s in ["known", "database"] {
             self.head_reads.with_label_values(&[s]);
         }
         for o in ["confirmed", "unconfirmed"] {

@@ -192,9 +192,10 @@ async fn postgres_cut_off_under_load_answers_503_and_recovers_without_restart() 
             assert!(s.retry_after, "a 503 without Retry-After: {s:?}");
         }
     }
-    // During the cut every request needed the database (a warm answer's
-    // version cannot be checked, so it is not served) and was refused
-    // within the database timeout plus a second.
+    // During the cut every request needed the database and was refused
+    // within the database timeout plus a second: a warm answer's version
+    // cannot be checked, so it is not served — the head lease ended with
+    // the listening connection the cut dropped.
     assert!(during.len() > 20);
     for s in &during {
         assert_eq!(s.status, 503, "{s:?}, {:?} after the cut", s.at - cut_at);

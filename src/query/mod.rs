@@ -2,8 +2,9 @@
 //! summary job goes through [`QueryService`], which owns the head read,
 //! the resident period tier, the bin-extent tiers and the response cache.
 //!
-//! Each answer comes from one version. A request reads its schedule's row
-//! (the *head*) first; cached bins, blocks and periods are then taken *as
+//! Each answer comes from one version. A request takes its schedule's row
+//! (the *head*) first — from the replica's head lease where it holds one
+//! (`store::KnownHeads`), else by a database read — cached bins, blocks and periods are then taken *as
 //! of that version*: extents are checked against the change log up to it,
 //! blocks are the first `block_count` of the table, periods are the
 //! segments of the groups up to it. When the periods at hand can no longer
@@ -334,7 +335,7 @@ impl QueryService {
     /// the lease then lets it keep.
     async fn head(&self, id: i64) -> Result<Arc<ScheduleRow>, QueryError> {
         if let Some(row) = self.known.as_ref().and_then(|k| k.get(id)) {
-            self.metrics.hot.heads_from_lease.inc();
+            self.metrics.hot.heads_known.inc();
             return Ok(row);
         }
         // Taken before the read is sent (a coalesced read is sent after

@@ -60,6 +60,10 @@ pub enum StoreError {
     /// run out at the latest.
     #[error("stored, but {0}")]
     Unconfirmed(String),
+    /// The database is served by another process already (a SQLite file
+    /// has one server).
+    #[error("{0}")]
+    Claimed(String),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -292,23 +296,49 @@ pub struct Appended {
     pub notice: Notice,
 }
 
-/// A committed write's notice to the replicas holding head leases; see
-/// [`Store::confirm`]. Empty where the store keeps no leases (SQLite).
-pub struct Notice(Option<watch::Announcement>);
+/// A committed write's notice to whoever answers from known heads; see
+/// [`Store::confirm`].
+pub struct Notice(Option<Pending>);
+
+/// Who must apply a notice before its write is acknowledged.
+enum Pending {
+    /// The replicas holding head leases (Postgres).
+    Leases(watch::Announcement),
+    /// This process's own table: it is the only server of the database
+    /// (SQLite).
+    Local {
+        known: Arc<KnownHeads>,
+        id: i64,
+        version: Option<i64>,
+    },
+}
 
 impl Notice {
     /// A notice nobody waits for.
     pub fn none() -> Notice {
         Notice(None)
     }
+
+    /// Applies a local notice at once; what is left to confirm with the
+    /// replicas holding leases.
+    fn settle_locally(self) -> Option<watch::Announcement> {
+        match self.0 {
+            Some(Pending::Local { known, id, version }) => {
+                known.changed(id, version);
+                None
+            }
+            Some(Pending::Leases(a)) => Some(a),
+            None => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Notice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Notice(announced)"
-        } else {
-            "Notice(none)"
+        f.write_str(match &self.0 {
+            None => "Notice(none)",
+            Some(Pending::Leases(_)) => "Notice(leases)",
+            Some(Pending::Local { .. }) => "Notice(local)",
         })
     }
 }
@@ -470,6 +500,10 @@ pub struct PoolConfig {
     /// How long a head lease lasts (Postgres); zero: hold none, so every
     /// burst of requests reads its schedule's head from the database.
     pub head_lease: std::time::Duration,
+    /// This process serves the database (`visbin serve`): on SQLite it
+    /// claims the file for itself, so that it may answer from the heads it
+    /// knows (every write goes through it).
+    pub serving: bool,
 }
 
 impl PoolConfig {
@@ -479,7 +513,14 @@ impl PoolConfig {
             max_connections,
             acquire_timeout,
             head_lease: std::time::Duration::ZERO,
+            serving: false,
         }
+    }
+
+    /// The same for the process that serves the database.
+    pub fn serving(mut self) -> PoolConfig {
+        self.serving = true;
+        self
     }
 
     /// The same with head leases of `lease` (zero: none).

@@ -3,8 +3,10 @@
 //! advisory lock against concurrent identical uploads.
 
 use super::sql::{Dialect, SqlStore, SCHEDULE_COLUMNS};
-use super::watch::HeadWatch;
-use super::{ConfirmStats, KnownHeads, Notice, PoolConfig, ScheduleRow, StoreResult, VersionGroup};
+use super::watch::{Announcement, HeadWatch};
+use super::{
+    ConfirmStats, KnownHeads, Notice, Pending, PoolConfig, ScheduleRow, StoreResult, VersionGroup,
+};
 use crate::model::{BlockMeta, PackedChunk};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -147,14 +149,12 @@ impl Dialect for Pg {
         id: i64,
         version: Option<i64>,
     ) -> Result<Notice, sqlx::Error> {
-        Ok(Notice(Some(self.watch.announce(conn, id, version).await?)))
+        let a = self.watch.announce(conn, id, version).await?;
+        Ok(Notice(Some(Pending::Leases(a))))
     }
 
-    async fn confirm(&self, notice: Notice) -> StoreResult<()> {
-        match notice.0 {
-            Some(a) => self.watch.confirm(a).await,
-            None => Ok(()),
-        }
+    async fn confirm_leases(&self, a: Announcement) -> StoreResult<()> {
+        self.watch.confirm(a).await
     }
 
     fn known_heads(&self) -> Option<std::sync::Arc<KnownHeads>> {

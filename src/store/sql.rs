@@ -67,8 +67,9 @@ pub trait Dialect: Send + Sync + 'static {
     ) -> Result<Notice, sqlx::Error> {
         Ok(Notice::none())
     }
-    /// See [`Store::confirm`].
-    async fn confirm(&self, _notice: Notice) -> StoreResult<()> {
+    /// Waits until the replicas holding head leases applied `a` (see
+    /// [`Store::confirm`]).
+    async fn confirm_leases(&self, _a: watch::Announcement) -> StoreResult<()> {
         Ok(())
     }
     /// See [`Store::known_heads`].
@@ -327,7 +328,10 @@ where
     }
 
     async fn confirm(&self, notice: Notice) -> StoreResult<()> {
-        self.dialect.confirm(notice).await
+        match notice.settle_locally() {
+            Some(a) => self.dialect.confirm_leases(a).await,
+            None => Ok(()),
+        }
     }
 
     fn confirm_stats(&self) -> Option<ConfirmStats> {
@@ -529,7 +533,7 @@ where
             None => Notice::none(),
         };
         tx.commit().await?;
-        self.dialect.confirm(notice).await?;
+        self.confirm(notice).await?;
         Ok(found.is_some())
     }
 

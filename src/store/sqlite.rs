@@ -1,10 +1,12 @@
 //! The SQLite dialect (the embedded default): one writer connection (SQLite
 //! has one writer anyway; a single connection avoids lock-upgrade errors),
 //! a pool of read-only connections over WAL (a read transaction is one
-//! snapshot), multi-row inserts inside one transaction.
+//! snapshot), multi-row inserts inside one transaction. The process that
+//! serves a file claims it (`<file>.lock`): every write goes through that
+//! process, so it answers from the heads it knows, without a read.
 
 use super::sql::{Dialect, SqlStore};
-use super::{PoolConfig, StoreResult, VersionGroup};
+use super::{KnownHeads, Notice, Pending, PoolConfig, StoreError, StoreResult, VersionGroup};
 use crate::model::{BlockMeta, PackedChunk};
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -12,8 +14,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -28,7 +33,53 @@ const MAX_BINDS: usize = 32_000;
 pub struct Lite {
     read: SqlitePool,
     write: SqlitePool,
+    /// Set when this process serves the file: it holds the file's claim
+    /// and answers from the heads it knows, which its own writes keep
+    /// current (no other process writes the file).
+    served: Option<Served>,
 }
+
+/// The claim of the process serving a SQLite file.
+struct Served {
+    /// `<file>.lock`, locked for as long as the claim holds.
+    claim: std::sync::Mutex<Option<std::fs::File>>,
+    known: Arc<KnownHeads>,
+}
+
+impl Served {
+    /// Claims `db` for this process; fails while another process serves it.
+    fn claim(db: &Path) -> StoreResult<Served> {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(sqlx::Error::Io)?;
+        if file.try_lock().is_err() {
+            return Err(StoreError::Claimed(format!(
+                "another visbin process serves {} (it holds {}): one process serves a SQLite \
+                 file; stop that one, or use Postgres to run several replicas",
+                db.display(),
+                path.display()
+            )));
+        }
+        let known = KnownHeads::new();
+        // Trusted for as long as the claim holds: every write goes through
+        // this process, which applies its own notices.
+        let epoch = known.begin_epoch();
+        known.extend(epoch, Instant::now() + FOREVER);
+        Ok(Served {
+            claim: std::sync::Mutex::new(Some(file)),
+            known,
+        })
+    }
+}
+
+/// How long a claimed file's heads are trusted: until the claim ends.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// The SQLite store.
 pub type SqliteStore = SqlStore<Lite>;
@@ -56,13 +107,22 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&write).await?;
+        let served = if config.serving {
+            Some(Served::claim(opts.get_filename())?)
+        } else {
+            None
+        };
         let read = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(2))
             .acquire_timeout(config.acquire_timeout)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(SqlStore {
-            dialect: Lite { read, write },
+            dialect: Lite {
+                read,
+                write,
+                served,
+            },
         })
     }
 }
@@ -95,6 +155,31 @@ impl Dialect for Lite {
         let idle = (self.read.num_idle() + self.write.num_idle()) as u32;
         let size = self.read.size() + self.write.size();
         (idle, size.saturating_sub(idle))
+    }
+
+    async fn announce(
+        &self,
+        _conn: &mut SqliteConnection,
+        id: i64,
+        version: Option<i64>,
+    ) -> Result<Notice, sqlx::Error> {
+        Ok(Notice(self.served.as_ref().map(|s| Pending::Local {
+            known: s.known.clone(),
+            id,
+            version,
+        })))
+    }
+
+    fn known_heads(&self) -> Option<Arc<KnownHeads>> {
+        self.served.as_ref().map(|s| s.known.clone())
+    }
+
+    async fn release(&self) {
+        if let Some(s) = &self.served {
+            // Stop trusting first: another process may serve the file next.
+            s.known.end_epoch();
+            s.claim.lock().expect("not poisoned").take();
+        }
     }
 
     async fn begin_snapshot(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
