@@ -119,6 +119,9 @@ pub struct HotCounters {
     /// `visbin_head_reads_total` by source.
     pub heads_known: IntCounter,
     pub heads_from_database: IntCounter,
+    /// `visbin_http_request_duration_seconds` of warm answers (`GET` of
+    /// the range query, `200`, `hit`).
+    pub warm_answers: Histogram,
 }
 
 impl Metrics {
@@ -205,6 +208,12 @@ impl Metrics {
             "Schedule heads taken by requests, by source: known (under the head lease on Postgres, or as the SQLite file's only server: no database round trip) or database.",
             &["source"],
         );
+        let http_duration = hist(
+            "visbin_http_request_duration_seconds",
+            "HTTP request latency by method, route template, status and cache outcome.",
+            &["method", "route", "status", "cache"],
+            latency_buckets(),
+        );
         // Resolved once: the warm path counts these on every request.
         let hot = HotCounters {
             bins_from_memory: bins_served.with_label_values(&["memory"]),
@@ -212,15 +221,16 @@ impl Metrics {
             response_misses: cache_lookups.with_label_values(&["response", "miss"]),
             heads_known: head_reads.with_label_values(&["known"]),
             heads_from_database: head_reads.with_label_values(&["database"]),
+            warm_answers: http_duration.with_label_values(&[
+                "GET",
+                crate::api::WARM_ROUTE,
+                "200",
+                "hit",
+            ]),
         };
         Metrics {
             hot,
-            http_duration: hist(
-                "visbin_http_request_duration_seconds",
-                "HTTP request latency by method, route template, status and cache outcome.",
-                &["method", "route", "status", "cache"],
-                latency_buckets(),
-            ),
+            http_duration,
             http_latency,
             upload_duration: hist(
                 "visbin_upload_duration_seconds",
@@ -456,7 +466,7 @@ impl Default for Metrics {
 pub struct SlidingQuantiles {
     desc: Desc,
     window: Duration,
-    routes: Mutex<HashMap<String, RouteWindow>>,
+    routes: Mutex<HashMap<&'static str, RouteWindow>>,
 }
 
 struct RouteWindow {
@@ -484,17 +494,15 @@ impl SlidingQuantiles {
     }
 
     /// Records one request of `route` that took `elapsed`.
-    pub fn observe(&self, route: &str, elapsed: Duration) {
+    pub fn observe(&self, route: &'static str, elapsed: Duration) {
         let now = Instant::now();
         let slice = self.window / SLICES;
         let mut routes = self.routes.lock().expect("not poisoned");
-        let w = routes
-            .entry(route.to_string())
-            .or_insert_with(|| RouteWindow {
-                slices: VecDeque::new(),
-                count: 0,
-                sum: 0.0,
-            });
+        let w = routes.entry(route).or_insert_with(|| RouteWindow {
+            slices: VecDeque::new(),
+            count: 0,
+            sum: 0.0,
+        });
         if w.slices
             .back()
             .is_none_or(|(t, _)| now.duration_since(*t) >= slice)
@@ -530,7 +538,7 @@ impl Collector for SlidingQuantiles {
         mf.set_name(self.desc.fq_name.clone());
         mf.set_help(self.desc.help.clone());
         mf.set_field_type(MetricType::SUMMARY);
-        let mut names: Vec<&String> = routes.keys().collect();
+        let mut names: Vec<&&'static str> = routes.keys().collect();
         names.sort();
         for route in names {
             let w = &routes[route];
@@ -559,7 +567,7 @@ impl Collector for SlidingQuantiles {
             summary.set_quantile(quantiles);
             let mut label = LabelPair::default();
             label.set_name("route".into());
-            label.set_value(route.clone());
+            label.set_value(route.to_string());
             let mut m = prometheus::proto::Metric::default();
             m.set_label(vec![label]);
             m.set_summary(summary);

@@ -213,6 +213,10 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// The route of warm answers: the series of its `GET … 200 hit` requests
+/// is resolved once ([`crate::metrics::HotCounters::warm_answers`]).
+pub const WARM_ROUTE: &str = "/v1/schedules/{id}/bins";
+
 /// Routes whose requests are logged at debug level only.
 const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
@@ -295,22 +299,27 @@ where
                 }
             };
             let status = res.status();
-            let cache = res
-                .headers()
-                .get("x-cache")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("none")
-                .to_string();
+            let cache = match res.headers().get("x-cache").map(|v| v.as_bytes()) {
+                Some(b"hit") => "hit",
+                Some(b"partial") => "partial",
+                Some(b"miss") => "miss",
+                _ => "none",
+            };
             if let Ok(v) = request_id.parse() {
                 res.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
             }
             let elapsed = started.elapsed();
             if let Some(s) = state {
-                s.metrics
-                    .http_duration
-                    .with_label_values(&[method_label(&method), route, status.as_str(), &cache])
-                    .observe(elapsed.as_secs_f64());
-                s.metrics.http_latency.observe(route, elapsed);
+                let m = &s.metrics;
+                let method = method_label(&method);
+                if (method, route, status, cache) == ("GET", WARM_ROUTE, StatusCode::OK, "hit") {
+                    m.hot.warm_answers.observe(elapsed.as_secs_f64());
+                } else {
+                    m.http_duration
+                        .with_label_values(&[method, route, status.as_str(), cache])
+                        .observe(elapsed.as_secs_f64());
+                }
+                m.http_latency.observe(route, elapsed);
             }
             tracing::debug!(status = status.as_u16(), cache = %cache, elapsed_ms = elapsed.as_secs_f64() * 1e3, "response");
             Ok(res)
