@@ -21,7 +21,8 @@ read by the database's own client: psql `\\copy` (binary for reads, timed by
 5. a cold 1-day window at 900 s, resident, vs reading that day's rows; and
    with the resident tier off (VISBIN_PERIOD_CACHE_BYTES=0: window reads);
 6. a warm 7-day window at 900 s, json and columnar, against nginx serving
-   the same bytes as a static file (wrk -t2 -c16);
+   the same bytes as a static file (wrk -t2 -c16; rounds alternating the
+   two, medians);
 7. a persisted-extent hit on a second replica vs the cold full year.
 
 Prints one JSON line per result to stdout (all results again at the end),
@@ -210,13 +211,20 @@ def measure(args, backend, size, data, tsv, periods, max_len, workdir, pg):
                 f.write(body)
         nginx = Nginx(root, workdir)
         try:
+            # Rounds alternate visbin and nginx; medians of each, so that a
+            # slow moment of the machine weighs on both alike.
             for fmt in ("json", "columnar"):
-                v = wrk_rps(f"{server.base}{seven}&format={fmt}", args.wrk_seconds, workdir)
-                n = wrk_rps(f"{nginx.base}/{fmt}.json", args.wrk_seconds, workdir)
-                warm[fmt] = {"visbin_rps": v["rps"], "nginx_rps": n["rps"], "ratio": round(v["rps"] / n["rps"], 3),
-                             "visbin_p99_ms": v["p99_ms"], "nginx_p99_ms": n["p99_ms"],
+                vs, ns = [], []
+                for _ in range(args.wrk_rounds):
+                    vs.append(wrk_rps(f"{server.base}{seven}&format={fmt}", args.wrk_seconds, workdir))
+                    ns.append(wrk_rps(f"{nginx.base}/{fmt}.json", args.wrk_seconds, workdir))
+                v_rps, n_rps = median([v["rps"] for v in vs]), median([n["rps"] for n in ns])
+                warm[fmt] = {"visbin_rps": v_rps, "nginx_rps": n_rps, "ratio": round(v_rps / n_rps, 3),
+                             "visbin_runs": [round(v["rps"]) for v in vs], "nginx_runs": [round(n["rps"]) for n in ns],
+                             "visbin_p99_ms": median([v["p99_ms"] for v in vs]),
+                             "nginx_p99_ms": median([n["p99_ms"] for n in ns]),
                              "bytes": os.path.getsize(os.path.join(root, f"{fmt}.json")),
-                             "errors": v["errors"] + n["errors"]}
+                             "errors": sum(v["errors"] for v in vs) + sum(n["errors"] for n in ns)}
         finally:
             nginx.stop()
         emit(res, "warm_7d_900s_vs_nginx", warm)
@@ -287,6 +295,7 @@ def main():
     ap.add_argument("--visbin", default=os.environ.get("VISBIN", os.path.join(ROOT, "target", "release", "visbin")))
     ap.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--wrk-rounds", type=int, default=3, help="alternating visbin/nginx rounds of the warm probe")
     ap.add_argument("--workdir", help="keep generated files here (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the Postgres database")
     args = ap.parse_args()
