@@ -3,14 +3,15 @@
 //! the resident period tier, the bin-extent tiers and the response cache.
 //!
 //! Each answer comes from one version. A request takes its schedule's row
-//! (the *head*) first — from the replica's head lease where it holds one
-//! (`store::KnownHeads`), else by a database read — cached bins, blocks and periods are then taken *as
-//! of that version*: extents are checked against the change log up to it,
-//! blocks are the first `block_count` of the table, periods are the
-//! segments of the groups up to it. When the periods at hand can no longer
-//! tell that version apart (a compaction merged it with a later one), the
-//! request moves on to the version of the periods it holds and plans
-//! again — it never mixes two versions and never fails for it.
+//! (the *head*) first — from the heads the replica knows where it may
+//! trust them (`store::KnownHeads`), else by a database read; cached bins,
+//! blocks and periods are then taken *as of that version*: extents are
+//! checked against the change log up to it, blocks are the first
+//! `block_count` of the table, periods are the segments of the groups up
+//! to it. When the periods at hand can no longer tell that version apart
+//! (a compaction merged it with a later one), the request moves on to the
+//! version of the periods it holds and plans again — it never mixes two
+//! versions and never fails for it.
 
 mod bins;
 mod encode;
@@ -248,7 +249,8 @@ pub struct QueryService {
     metrics: Arc<Metrics>,
     limits: QueryLimits,
     heads: Arc<HeadReader>,
-    /// Heads known under this replica's head lease (Postgres).
+    /// Heads this replica knows: under its head lease (Postgres), or as
+    /// the only server of the file (SQLite).
     known: Option<Arc<KnownHeads>>,
     periods: Arc<ResidentTier>,
     blocks: BlockTables,
@@ -330,9 +332,8 @@ impl QueryService {
     }
 
     /// The schedule's row as of a moment after this call began: the head
-    /// this replica knows under its head lease, else a database read
-    /// (coalesced with concurrent requests for the same schedule), which
-    /// the lease then lets it keep.
+    /// this replica knows, else a database read (coalesced with concurrent
+    /// requests for the same schedule), which it then keeps while it may.
     async fn head(&self, id: i64) -> Result<Arc<ScheduleRow>, QueryError> {
         if let Some(row) = self.known.as_ref().and_then(|k| k.get(id)) {
             self.metrics.hot.heads_known.inc();

@@ -1,5 +1,8 @@
 //! Schedule heads this replica may answer from without asking the
-//! database, for as long as its head lease holds.
+//! database, for as long as its head lease holds (Postgres), or for as
+//! long as it serves the file (SQLite: one process serves a file, every
+//! write goes through it and applies its own notice before it is
+//! acknowledged).
 //!
 //! A request must see every append acknowledged before it began. The
 //! database round trip that proves it (the head read) is most of what a
@@ -135,8 +138,8 @@ impl KnownHeads {
         self.notifications.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Forgets everything and starts epoch after epoch: nothing is trusted
-    /// until [`KnownHeads::extend`] names the new epoch. Returns it.
+    /// Forgets everything and starts a new epoch: nothing is trusted until
+    /// [`KnownHeads::extend`] names it. Returns it.
     pub fn begin_epoch(&self) -> u64 {
         let mut inner = self.lock();
         inner.epoch += 1;

@@ -22,6 +22,11 @@
 //! - A dropped connection, a failed or late renewal, or a failed
 //!   acknowledgement ends the epoch: the replica forgets every head and
 //!   takes a new lease (a new epoch) once it listens again.
+//!
+//! Expiries are kept by the database's clock and trust by the replica's
+//! monotonic clock, so the margin of an eighth of the lease also covers
+//! the database host's clock running fast or being stepped forward by
+//! less than that while a lease runs.
 
 use super::known::KnownHeads;
 use super::{StoreError, StoreResult};
@@ -361,8 +366,32 @@ impl HeadWatch {
         }
         tracing::debug!(epoch, replica = %self.replica, leased, "listening for head notices");
         loop {
+            // The renewal first: a stream of notices must not starve it.
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(renew_at), if leased => {
+                    let sent = Instant::now();
+                    let renewed = bounded(
+                        t,
+                        sqlx::query(
+                            "UPDATE head_leases SET expires_at = now() + $3 * interval '1 millisecond' \
+                             WHERE replica = $1 AND epoch = $2 AND expires_at > now()",
+                        )
+                        .bind(self.replica.as_str())
+                        .bind(epoch as i64)
+                        .bind(lease_ms)
+                        .execute(&mut listener),
+                    )
+                    .await;
+                    match renewed {
+                        Ok(r) if r.rows_affected() == 1 => {
+                            self.known.extend(epoch, sent + self.lease * 7 / 8);
+                            renew_at = tokio::time::Instant::from_std(sent + quarter);
+                        }
+                        Ok(_) => return "the lease had expired before its renewal".into(),
+                        Err(e) => return format!("renew: {e}"),
+                    }
+                }
                 n = listener.try_recv() => {
                     let first = match n {
                         Ok(Some(n)) => n,
@@ -388,29 +417,6 @@ impl HeadWatch {
                                 return format!("acknowledge: {e}");
                             }
                         }
-                    }
-                }
-                _ = tokio::time::sleep_until(renew_at), if leased => {
-                    let sent = Instant::now();
-                    let renewed = bounded(
-                        t,
-                        sqlx::query(
-                            "UPDATE head_leases SET expires_at = now() + $3 * interval '1 millisecond' \
-                             WHERE replica = $1 AND epoch = $2 AND expires_at > now()",
-                        )
-                        .bind(self.replica.as_str())
-                        .bind(epoch as i64)
-                        .bind(lease_ms)
-                        .execute(&mut listener),
-                    )
-                    .await;
-                    match renewed {
-                        Ok(r) if r.rows_affected() == 1 => {
-                            self.known.extend(epoch, sent + self.lease * 7 / 8);
-                            renew_at = tokio::time::Instant::from_std(sent + quarter);
-                        }
-                        Ok(_) => return "the lease had expired before its renewal".into(),
-                        Err(e) => return format!("renew: {e}"),
                     }
                 }
             }
