@@ -2,7 +2,7 @@
 //! statement for chunk rows, repeatable-read snapshots, row locks and an
 //! advisory lock against concurrent identical uploads.
 
-use super::sql::{Dialect, SqlStore, SCHEDULE_COLUMNS};
+use super::sql::{schedule_by_id, Dialect, SqlStore};
 use super::watch::{Announcement, HeadWatch};
 use super::{
     ConfirmStats, KnownHeads, Notice, Pending, PoolConfig, ScheduleRow, StoreResult, VersionGroup,
@@ -53,8 +53,7 @@ impl HeadLine {
             }
         }
         let conn = slot.as_mut().expect("connected above");
-        let sql = HEAD_SQL
-            .get_or_init(|| format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"));
+        let sql = schedule_by_id();
         let result = sqlx::query_as::<Postgres, ScheduleRow>(sql)
             .bind(id)
             .fetch_optional(&mut *conn)
@@ -66,8 +65,6 @@ impl HeadLine {
         Some(result)
     }
 }
-
-static HEAD_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The Postgres store.
 pub type PgStore = SqlStore<Pg>;

@@ -13,6 +13,12 @@ pub(super) const SCHEDULE_COLUMNS: &str =
     range_fixed, version, created_at_ms, block_count, period_count, empty_periods_dropped, \
     priority_min, priority_max, max_period_seconds, latest_job_id, summary";
 
+/// The read of a schedule's row by id (the head read).
+pub(super) fn schedule_by_id() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"))
+}
+
 /// Columns of [`JobRow`].
 const JOB_COLUMNS: &str = "id, kind, schedule_id, schedule_version, state, progress, message, \
     error, created_at_ms, started_at_ms, finished_at_ms";
@@ -493,8 +499,7 @@ where
         if let Some(row) = self.dialect.head_row(id).await {
             return Ok(row?);
         }
-        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1");
-        Ok(sqlx::query_as::<D::DB, ScheduleRow>(&sql)
+        Ok(sqlx::query_as::<D::DB, ScheduleRow>(schedule_by_id())
             .bind(id)
             .fetch_optional(self.dialect.reader())
             .await?)
