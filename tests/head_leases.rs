@@ -291,8 +291,18 @@ async fn a_dropped_listening_connection_ends_the_epoch_and_the_lease_is_taken_ag
     let before = known_reads(&b);
     assert_eq!(version(&b.get(&warm).await), 2);
     assert_eq!(known_reads(&b), before + 1);
+    // Stopped replicas give their leases up, and nothing takes them again
+    // (two renewal periods later).
     a.stop().await;
     b.stop().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM head_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(leases, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A lease held by a replica in one epoch.
 type Holder = (String, i64);
 
+/// The leases live at a moment, and how long the longest still runs.
+struct Live {
+    holders: HashSet<Holder>,
+    longest: Duration,
+}
+
 /// Acknowledgements received for one announcement.
 #[derive(Default)]
 struct Waiter {
@@ -102,6 +108,8 @@ pub struct HeadWatch {
     tokens: AtomicU64,
     waiters: Mutex<HashMap<String, Arc<Waiter>>>,
     started: OnceLock<()>,
+    /// The listening task, until [`HeadWatch::release`] stops it.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Mutex<ConfirmStats>,
 }
 
@@ -123,6 +131,7 @@ impl HeadWatch {
             tokens: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
             started: OnceLock::new(),
+            task: Mutex::new(None),
             stats: Mutex::new(ConfirmStats::default()),
         })
     }
@@ -142,7 +151,8 @@ impl HeadWatch {
     fn start(self: &Arc<Self>) {
         self.started.get_or_init(|| {
             let me = self.clone();
-            tokio::spawn(async move { me.run().await });
+            let task = tokio::spawn(async move { me.run().await });
+            *self.task.lock().expect("not poisoned") = Some(task);
         });
     }
 
@@ -188,9 +198,11 @@ impl HeadWatch {
     /// ([`StoreError::Unconfirmed`]) if that cannot be known in time — the
     /// write is stored all the same.
     pub async fn confirm(&self, a: Announcement) -> StoreResult<()> {
-        let limit = 2 * self.lease + 2 * self.timeout;
         let resend = (self.lease / 4).max(Duration::from_millis(100));
         let started = Instant::now();
+        // Extended while the database says a pending lease runs longer
+        // (replicas may have longer leases than this one).
+        let mut deadline = started + 2 * self.lease + 2 * self.timeout;
         let mut pending: Option<HashSet<Holder>> = None;
         let mut waited_for = 0;
         loop {
@@ -198,8 +210,9 @@ impl HeadWatch {
                 // The leases live now, after the commit: a replica whose
                 // lease starts later reads the write's result.
                 if let Ok(Ok(live)) = tokio::time::timeout(self.timeout, self.live(None)).await {
-                    waited_for = live.len() as u64;
-                    pending = Some(live);
+                    waited_for = live.holders.len() as u64;
+                    deadline = deadline.max(Instant::now() + live.longest + self.timeout);
+                    pending = Some(live.holders);
                 }
             }
             if let Some(p) = pending.as_mut() {
@@ -212,11 +225,11 @@ impl HeadWatch {
                     return Ok(());
                 }
             }
-            if started.elapsed() >= limit {
+            if Instant::now() >= deadline {
                 self.stats.lock().expect("not poisoned").unconfirmed += 1;
                 return Err(StoreError::Unconfirmed(format!(
                     "not every replica confirmed it within {} ms",
-                    limit.as_millis()
+                    started.elapsed().as_millis()
                 )));
             }
             if tokio::time::timeout(resend, a.waiter.wake.notified())
@@ -231,7 +244,8 @@ impl HeadWatch {
             let asked: Vec<String> = p.iter().map(|(r, _)| r.clone()).collect();
             if let Ok(Ok(still)) = tokio::time::timeout(self.timeout, self.live(Some(&asked))).await
             {
-                p.retain(|h| still.contains(h));
+                p.retain(|h| still.holders.contains(h));
+                deadline = deadline.max(Instant::now() + still.longest + self.timeout);
                 if !p.is_empty() {
                     let sent = tokio::time::timeout(
                         self.timeout,
@@ -250,29 +264,40 @@ impl HeadWatch {
     }
 
     /// Leases live by the database's clock (of `replicas` only, if given).
-    async fn live(&self, replicas: Option<&[String]>) -> Result<HashSet<Holder>, sqlx::Error> {
-        let rows: Vec<(String, i64)> = match replicas {
+    async fn live(&self, replicas: Option<&[String]>) -> Result<Live, sqlx::Error> {
+        const COLUMNS: &str = "replica, epoch, \
+            CAST(EXTRACT(EPOCH FROM expires_at - now()) * 1000 AS BIGINT)";
+        let rows: Vec<(String, i64, i64)> = match replicas {
             None => {
-                sqlx::query_as("SELECT replica, epoch FROM head_leases WHERE expires_at > now()")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            Some(r) => {
-                sqlx::query_as(
-                    "SELECT replica, epoch FROM head_leases \
-                     WHERE expires_at > now() AND replica = ANY($1)",
-                )
-                .bind(r)
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM head_leases WHERE expires_at > now()"
+                ))
                 .fetch_all(&self.pool)
                 .await?
             }
+            Some(r) => sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM head_leases WHERE expires_at > now() AND replica = ANY($1)"
+            ))
+            .bind(r)
+            .fetch_all(&self.pool)
+            .await?,
         };
-        Ok(rows.into_iter().collect())
+        let longest = rows.iter().map(|r| r.2.max(0) as u64).max().unwrap_or(0);
+        Ok(Live {
+            holders: rows.into_iter().map(|(r, e, _)| (r, e)).collect(),
+            longest: Duration::from_millis(longest),
+        })
     }
 
-    /// Gives up this replica's lease (at shutdown): it stops trusting
-    /// first, so writers need not wait for it any more.
+    /// Gives up this replica's lease (at shutdown): it stops listening and
+    /// trusting first, so that nothing renews the lease, then deletes it,
+    /// so writers need not wait for it any more.
     pub async fn release(&self) {
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
         self.known.end_epoch();
         let _ = tokio::time::timeout(
             self.timeout,
