@@ -5,9 +5,9 @@
 Per setup, a fresh database with a small schedule (200 blocks), then
 sequential one-block appends through replica A, each timed from request to
 answer: with no lease held anywhere (`VISBIN_HEAD_LEASE=0`: an append waits
-for nobody), with A alone holding a lease (it waits for its own
-acknowledgement), and with a second replica B holding one too (it waits for
-both). Prints p50 / p95 / p99 in ms and the ratio of each p50 to the first.
+for nobody), with A alone holding a lease (it applies its own notice and
+reads which leases are live), and with a second replica B holding one too
+(it also waits for B's acknowledgement). Prints p50 / p95 / p99 in ms and the ratio of each p50 to the first.
 Needs Postgres on --pg-url and psql.
 """
 import argparse

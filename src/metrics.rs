@@ -359,7 +359,7 @@ impl Metrics {
             ),
             head_confirm_waits: plain_counter(
                 "visbin_head_confirm_waits_total",
-                "Live head leases this replica's writes waited for, in all.",
+                "Live head leases of other replicas this replica's writes waited for, in all.",
             ),
             head_notices_resent: plain_counter(
                 "visbin_head_notices_resent_total",

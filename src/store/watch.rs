@@ -8,14 +8,14 @@
 //!
 //! - An append or a delete sends `NOTIFY visbin_heads '<token> <id>
 //!   <version|d>'` inside its transaction, so the notice goes out exactly
-//!   when the write commits. After the commit the writer reads which
-//!   leases are live and waits until each of them has acknowledged the
-//!   token (`NOTIFY visbin_head_acks '<replica> <epoch> <token>…'`, sent by
-//!   a replica after it applied the notice), has moved to another epoch
-//!   (it forgot everything), or has expired. Only then is the write
-//!   acknowledged to its client. Notices are sent again every quarter
-//!   lease to replicas that have not answered (an acknowledgement lost with
-//!   a connection).
+//!   when the write commits. After the commit the writer applies the
+//!   notice to its own table, reads which leases are live and waits until
+//!   each other replica's lease has acknowledged the token (`NOTIFY
+//!   visbin_head_acks '<replica> <epoch> <token>…'`, sent by a replica
+//!   after it applied the notice), has moved to another epoch (it forgot
+//!   everything), or has expired. Only then is the write acknowledged to
+//!   its client. Notices are sent again every quarter lease to replicas
+//!   that have not answered (an acknowledgement lost with a connection).
 //! - A replica trusts its lease until the renewal's send time plus seven
 //!   eighths of the lease: the database's expiry is later than that, so a
 //!   writer that finds a lease expired knows its replica stopped trusting.
@@ -70,6 +70,9 @@ pub struct Announcement {
     token: String,
     payload: String,
     waiter: Arc<Waiter>,
+    /// The schedule and its new version (`None`: deleted).
+    id: i64,
+    version: Option<i64>,
 }
 
 impl Drop for Announcement {
@@ -184,6 +187,8 @@ impl HeadWatch {
             token,
             payload,
             waiter,
+            id,
+            version,
         };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(HEADS)
@@ -198,6 +203,9 @@ impl HeadWatch {
     /// ([`StoreError::Unconfirmed`]) if that cannot be known in time — the
     /// write is stored all the same.
     pub async fn confirm(&self, a: Announcement) -> StoreResult<()> {
+        // This replica applies its own notice at once rather than through
+        // the database (its own lease, in whatever epoch, is then done).
+        self.known.changed(a.id, a.version);
         let resend = (self.lease / 4).max(Duration::from_millis(100));
         let started = Instant::now();
         // Extended while the database says a pending lease runs longer
@@ -210,9 +218,14 @@ impl HeadWatch {
                 // The leases live now, after the commit: a replica whose
                 // lease starts later reads the write's result.
                 if let Ok(Ok(live)) = tokio::time::timeout(self.timeout, self.live(None)).await {
-                    waited_for = live.holders.len() as u64;
+                    let others: HashSet<Holder> = live
+                        .holders
+                        .into_iter()
+                        .filter(|(r, _)| *r != self.replica)
+                        .collect();
+                    waited_for = others.len() as u64;
                     deadline = deadline.max(Instant::now() + live.longest + self.timeout);
-                    pending = Some(live.holders);
+                    pending = Some(others);
                 }
             }
             if let Some(p) = pending.as_mut() {
@@ -275,12 +288,14 @@ impl HeadWatch {
                 .fetch_all(&self.pool)
                 .await?
             }
-            Some(r) => sqlx::query_as(&format!(
+            Some(r) => {
+                sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM head_leases WHERE expires_at > now() AND replica = ANY($1)"
             ))
-            .bind(r)
-            .fetch_all(&self.pool)
-            .await?,
+                .bind(r)
+                .fetch_all(&self.pool)
+                .await?
+            }
         };
         let longest = rows.iter().map(|r| r.2.max(0) as u64).max().unwrap_or(0);
         Ok(Live {
