@@ -98,6 +98,13 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
         }
+        // Claimed before anything is written: a second server of the file
+        // is refused before it migrates or moves anything.
+        let served = if config.serving {
+            Some(Served::claim(opts.get_filename())?)
+        } else {
+            None
+        };
         // Uploads are parsed before their transaction starts, so a write
         // holds this connection only while it writes; other writes queue
         // behind it for up to WRITER_WAIT.
@@ -107,11 +114,6 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&write).await?;
-        let served = if config.serving {
-            Some(Served::claim(opts.get_filename())?)
-        } else {
-            None
-        };
         let read = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(2))
             .acquire_timeout(config.acquire_timeout)
