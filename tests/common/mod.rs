@@ -120,6 +120,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub app_state: actix_web::web::Data<visbin::api::AppState>,
     handle: actix_web::dev::ServerHandle,
+    /// The task serving until stopped (it gives the store's claims up
+    /// after the server stops).
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl TestApp {
@@ -139,7 +142,7 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         let app_state = app.state();
-        tokio::spawn(app.run_until_stopped());
+        let serving = tokio::spawn(app.run_until_stopped());
         let t = TestApp {
             base,
             client: reqwest::Client::builder()
@@ -148,6 +151,7 @@ impl TestApp {
                 .expect("client"),
             app_state,
             handle,
+            serving,
         };
         t.wait_ready().await;
         t
@@ -255,8 +259,14 @@ impl TestApp {
         panic!("job {id} did not finish");
     }
 
+    /// Stops the server and waits until it gave up what it held (a
+    /// SQLite file's claim, a head lease).
     pub async fn stop(self) {
         self.handle.stop(true).await;
+        self.serving
+            .await
+            .expect("the serving task ends")
+            .expect("the server ran");
     }
 }
 
