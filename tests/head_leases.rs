@@ -35,6 +35,16 @@ fn to_json(b: &OBlock) -> serde_json::Value {
     block(&b.identity, b.priority, b.scheduled, &b.periods)
 }
 
+/// Appends `b` to schedule `id` through `app`.
+async fn append(app: &TestApp, id: i64, b: &OBlock) -> Resp {
+    app.post(
+        &format!("/v1/schedules/{id}/blocks"),
+        "application/json",
+        json!([to_json(b)]).to_string(),
+    )
+    .await
+}
+
 fn known_reads(app: &TestApp) -> u64 {
     app.app_state
         .metrics
@@ -122,13 +132,7 @@ async fn warm_answers_come_from_the_lease_and_never_miss_an_acknowledged_write()
             scheduled: false,
             periods: vec![(s, s + 1_800)],
         };
-        let r = a
-            .post(
-                &format!("/v1/schedules/{id}/blocks"),
-                "application/json",
-                json!([to_json(&block)]).to_string(),
-            )
-            .await;
+        let r = append(&a, id, &block).await;
         assert_eq!(r.status, 200, "{}", r.text);
         let v = r.json()["version"].as_i64().unwrap();
         acked.store(v, Ordering::SeqCst);
@@ -278,13 +282,7 @@ async fn a_dropped_listening_connection_ends_the_epoch_and_the_lease_is_taken_ag
         scheduled: true,
         periods: vec![(T0 + 600, T0 + 4_200)],
     };
-    let r = a
-        .post(
-            &format!("/v1/schedules/{id}/blocks"),
-            "application/json",
-            json!([to_json(&add)]).to_string(),
-        )
-        .await;
+    let r = append(&a, id, &add).await;
     assert_eq!(r.status, 200, "{}", r.text);
     all.push(add);
     // B's next request sees it, whatever state its lease is in.
@@ -350,13 +348,7 @@ async fn a_sqlite_file_has_one_server_which_answers_from_the_heads_it_knows() {
         scheduled: false,
         periods: vec![(T0 + 7_200, T0 + 9_000)],
     };
-    let r = a
-        .post(
-            &format!("/v1/schedules/{id}/blocks"),
-            "application/json",
-            json!([to_json(&add)]).to_string(),
-        )
-        .await;
+    let r = append(&a, id, &add).await;
     assert_eq!(r.status, 200, "{}", r.text);
     all.push(add);
     let r = a.get(&warm).await;

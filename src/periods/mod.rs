@@ -263,25 +263,7 @@ mod tests {
     use crate::model::CHUNK_SPAN;
 
     fn head(version: i64) -> ScheduleRow {
-        ScheduleRow {
-            id: 1,
-            name: "t".into(),
-            checksum: String::new(),
-            blocks_digest: String::new(),
-            range_start: None,
-            range_end: None,
-            range_fixed: false,
-            version,
-            created_at_ms: 0,
-            block_count: 0,
-            period_count: 0,
-            empty_periods_dropped: 0,
-            priority_min: None,
-            priority_max: None,
-            max_period_seconds: 0,
-            latest_job_id: None,
-            summary: None,
-        }
+        ScheduleRow::bare(1, version)
     }
 
     fn row(first: i64, last: i64, base: i64, day: i64, periods: &[(i64, i64, u32)]) -> ChunkRow {

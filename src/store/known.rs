@@ -191,25 +191,7 @@ mod tests {
     use std::time::Duration;
 
     fn row(id: i64, version: i64) -> Arc<ScheduleRow> {
-        Arc::new(ScheduleRow {
-            id,
-            name: "s".into(),
-            checksum: String::new(),
-            blocks_digest: String::new(),
-            range_start: None,
-            range_end: None,
-            range_fixed: false,
-            version,
-            created_at_ms: 0,
-            block_count: 0,
-            period_count: 0,
-            empty_periods_dropped: 0,
-            priority_min: None,
-            priority_max: None,
-            max_period_seconds: 0,
-            latest_job_id: None,
-            summary: None,
-        })
+        Arc::new(ScheduleRow::bare(id, version))
     }
 
     fn leased() -> (Arc<KnownHeads>, u64) {

@@ -140,6 +140,31 @@ pub struct ScheduleRow {
 }
 
 impl ScheduleRow {
+    /// A row of schedule `id` at `version` with nothing else in it (for
+    /// unit tests).
+    #[cfg(test)]
+    pub(crate) fn bare(id: i64, version: i64) -> ScheduleRow {
+        ScheduleRow {
+            id,
+            name: "t".into(),
+            checksum: String::new(),
+            blocks_digest: String::new(),
+            range_start: None,
+            range_end: None,
+            range_fixed: false,
+            version,
+            created_at_ms: 0,
+            block_count: 0,
+            period_count: 0,
+            empty_periods_dropped: 0,
+            priority_min: None,
+            priority_max: None,
+            max_period_seconds: 0,
+            latest_job_id: None,
+            summary: None,
+        }
+    }
+
     /// The schedule header as uploaded (for the checksum).
     pub fn header(&self) -> Header {
         Header {
