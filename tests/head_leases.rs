@@ -1,7 +1,8 @@
 //! Head leases (Postgres): a replica answers warm requests from the heads
 //! it knows, without a database round trip, and still never misses a
 //! write acknowledged before a request began — appends and deletes wait
-//! for every live lease. A replica that died holding a lease delays writes
+//! for every other live lease, and the writer applies its own notice
+//! without waiting for the database to deliver it. A replica that died holding a lease delays writes
 //! by at most that lease; a dropped listening connection ends the epoch
 //! and the lease is taken again. On SQLite one process serves a file and
 //! answers from the heads its own writes keep current.
@@ -182,6 +183,87 @@ async fn warm_answers_come_from_the_lease_and_never_miss_an_acknowledged_write()
     assert_eq!(b.get(&warm).await.status, 200);
     assert_eq!(a.delete(&format!("/v1/schedules/{id}")).await.status, 204);
     assert_eq!(b.get(&warm).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_answers_with_its_own_write_while_its_listener_is_stalled() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // A long lease and database timeout: the stalled renewal below neither
+    // ends the epoch nor outlasts the trust while the test runs.
+    let a = TestApp::start(&db, &["--head-lease", "8", "--db-timeout", "10"]).await;
+    let mut all = blocks(10);
+    let up = a
+        .upload(&json!({"name": "own", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
+        .await;
+    let id = up["schedule_id"].as_i64().unwrap();
+    a.wait_job(up["job_id"].as_i64().unwrap()).await;
+    wait_lease(&a, 1).await;
+    let warm = format!(
+        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
+        T0 + 7 * DAY
+    );
+    assert_eq!(version(&a.get(&warm).await), 1);
+
+    // Lock A's lease row: its next renewal, sent on the listening
+    // connection, waits for the lock, and with it every notice A would
+    // receive from the database. A's lease is still trusted meanwhile.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM head_leases FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let dbname = db.url.rsplit('/').next().unwrap();
+    let mut stalled = false;
+    for _ in 0..400 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'visbin head watch' \
+             AND datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(dbname)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if n == 1 {
+            stalled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stalled, "A's renewal waits for the lock");
+
+    // A's own append is in its next answer although no notice reached it:
+    // the writer forgot its copy of the head before it answered, so the
+    // next request reads the head again (a trusted lease would otherwise
+    // have answered from the old one) and A knows the new head from then on.
+    let add = OBlock {
+        identity: "own".into(),
+        priority: 3.0,
+        scheduled: false,
+        periods: vec![(T0 + 3_600, T0 + 5_400)],
+    };
+    let r = append(&a, id, &add).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    all.push(add);
+    let known = a.store().known_heads().unwrap();
+    assert!(known.stats().trusted, "A still trusts its lease");
+    let r = a.get(&warm).await;
+    assert_eq!(version(&r), 2, "A's answer after its own append");
+    assert_eq!(
+        parse_answer("json", &r.text).counts,
+        oracle::bins(&all, &OFilter::default(), T0, 3_600, 7 * 24)
+    );
+    let before = known_reads(&a);
+    assert_eq!(version(&a.get(&warm).await), 2);
+    assert_eq!(
+        known_reads(&a),
+        before + 1,
+        "answered from the lease while the listener was stalled"
+    );
+    assert!(known.stats().trusted, "the lease held throughout");
+    lock.rollback().await.unwrap();
+    pool.close().await;
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
