@@ -1,7 +1,8 @@
 //! Faults (hardening issue): Postgres cut off under load through a TCP
 //! proxy the test controls; `kill -9` during an upload and during an
 //! append; SIGTERM with a slow upload in flight; clients hanging up
-//! mid-upload under concurrent load. Each time: no answer but `503` (with
+//! mid-upload under concurrent load; the database lost between an
+//! append's commit and its confirmation by other replicas. Each time: no answer but `503` (with
 //! `Retry-After`) for what needed the database, nothing half-written,
 //! recovery without a restart, jobs re-created.
 
@@ -265,6 +266,87 @@ async fn postgres_cut_off_under_load_answers_503_and_recovers_without_restart() 
         .expect("load stopped")
         .stop()
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stored_but_not_confirmed_answers_503_unconfirmed() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (prefix, rest) = db.url.split_once("@").unwrap();
+    let (server, dbname) = rest.rsplit_once('/').unwrap();
+    let proxy = Proxy::start(server).await;
+    let url = format!("{prefix}@127.0.0.1:{}/{dbname}", proxy.port);
+    // Confirmation deadline: 2 x 2 s lease + 2 x 1 s database timeout.
+    let app = Arc::new(TestApp::start_url(&url, &["--db-timeout", "1"]).await);
+    let id = app.upload_generated(20, 5, 1).await;
+    // Another replica holds a lease for 3 s and never acknowledges: the
+    // append waits for it after its commit.
+    let direct = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO head_leases (replica, epoch, expires_at) \
+         VALUES ('silent', 1, now() + interval '3 seconds')",
+    )
+    .execute(&direct)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let append = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let body = json!([block("late", 1.0, false, &[(T0, T0 + 600)])]);
+            app.post(
+                &format!("/v1/schedules/{id}/blocks"),
+                "application/json",
+                body.to_string(),
+            )
+            .await
+        })
+    };
+    // Once the append has committed, the database is cut off from visbin:
+    // it can neither see that lease end nor hear from it.
+    let mut committed = false;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (v,): (i64,) = sqlx::query_as("SELECT version FROM schedules WHERE id = $1")
+            .bind(id)
+            .fetch_one(&direct)
+            .await
+            .unwrap();
+        if v == 2 {
+            committed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(committed, "the append committed within 2 s");
+    proxy.cut();
+    let r = append.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json()["code"], "unconfirmed", "{}", r.text);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("do not repeat it"));
+    assert!(!r.header("retry-after").is_empty());
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(12),
+        "answered at the confirmation deadline: {took:?}"
+    );
+    let stats = app.app_state.store.confirm_stats().unwrap();
+    assert_eq!(stats.unconfirmed, 1, "{stats:?}");
+    // The write is stored: once the database is back, it is read.
+    proxy.restore();
+    let mut seen = 0;
+    for _ in 0..100 {
+        let r = app.get(&format!("/v1/schedules/{id}")).await;
+        if r.status == 200 {
+            seen = r.json()["version"].as_i64().unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 2, "the unconfirmed append is there");
+    direct.close().await;
+    Arc::try_unwrap(app).ok().expect("append done").stop().await;
 }
 
 /// A `visbin serve` process of the test's own.
