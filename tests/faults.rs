@@ -56,6 +56,16 @@ impl Proxy {
         Proxy { port, up, conns }
     }
 
+    /// A proxy standing in for the server of `db`'s URL, and the URL that
+    /// reaches `db` through it.
+    async fn in_front_of(db: &TestDb) -> (Proxy, String) {
+        let (prefix, rest) = db.url.split_once("@").unwrap();
+        let (server, dbname) = rest.rsplit_once('/').unwrap();
+        let proxy = Proxy::start(server).await;
+        let url = format!("{prefix}@127.0.0.1:{}/{dbname}", proxy.port);
+        (proxy, url)
+    }
+
     fn cut(&self) {
         let mut conns = self.conns.lock().unwrap();
         self.up.store(false, Ordering::SeqCst);
@@ -82,11 +92,7 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_cut_off_under_load_answers_503_and_recovers_without_restart() {
     let db = TestDb::new(Backend::Postgres).await;
-    // The proxy stands in for the server of the test's database URL.
-    let (prefix, rest) = db.url.split_once("@").unwrap();
-    let (server, dbname) = rest.rsplit_once('/').unwrap();
-    let proxy = Proxy::start(server).await;
-    let url = format!("{prefix}@127.0.0.1:{}/{dbname}", proxy.port);
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let app = Arc::new(TestApp::start_url(&url, &["--db-timeout", "2"]).await);
     let id = app.upload_generated(600, 30, 3).await;
     let warm = format!(
@@ -271,10 +277,7 @@ async fn postgres_cut_off_under_load_answers_503_and_recovers_without_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_stored_but_not_confirmed_answers_503_unconfirmed() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (prefix, rest) = db.url.split_once("@").unwrap();
-    let (server, dbname) = rest.rsplit_once('/').unwrap();
-    let proxy = Proxy::start(server).await;
-    let url = format!("{prefix}@127.0.0.1:{}/{dbname}", proxy.port);
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     // Confirmation deadline: 2 x 2 s lease + 2 x 1 s database timeout.
     let app = Arc::new(TestApp::start_url(&url, &["--db-timeout", "1"]).await);
     let id = app.upload_generated(20, 5, 1).await;

@@ -36,6 +36,24 @@ fn to_json(b: &OBlock) -> serde_json::Value {
     block(&b.identity, b.priority, b.scheduled, &b.periods)
 }
 
+/// Uploads `blocks` as schedule `name` through `app` and waits for its
+/// summary job; returns the schedule's id.
+async fn upload(app: &TestApp, name: &str, blocks: &[OBlock]) -> i64 {
+    let up = app
+        .upload(&json!({"name": name, "blocks": blocks.iter().map(to_json).collect::<Vec<_>>()}))
+        .await;
+    app.wait_job(up["job_id"].as_i64().unwrap()).await;
+    up["schedule_id"].as_i64().unwrap()
+}
+
+/// The 7-day range query at 1 h that the tests repeat (warm after once).
+fn week(id: i64) -> String {
+    format!(
+        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
+        T0 + 7 * DAY
+    )
+}
+
 /// Appends `b` to schedule `id` through `app`.
 async fn append(app: &TestApp, id: i64, b: &OBlock) -> Resp {
     app.post(
@@ -80,16 +98,9 @@ async fn warm_answers_come_from_the_lease_and_never_miss_an_acknowledged_write()
     let a = Arc::new(TestApp::start(&db, &[]).await);
     let b = Arc::new(TestApp::start(&db, &[]).await);
     let mut all = blocks(60);
-    let up = a
-        .upload(&json!({"name": "leased", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
-        .await;
-    let id = up["schedule_id"].as_i64().unwrap();
-    a.wait_job(up["job_id"].as_i64().unwrap()).await;
+    let id = upload(&a, "leased", &all).await;
     wait_lease(&b, 1).await;
-    let warm = format!(
-        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
-        T0 + 7 * DAY
-    );
+    let warm = week(id);
     assert_eq!(b.get(&warm).await.status, 200);
     let before = known_reads(&b);
     let r = b.get(&warm).await;
@@ -192,16 +203,9 @@ async fn the_writer_answers_with_its_own_write_while_its_listener_is_stalled() {
     // ends the epoch nor outlasts the trust while the test runs.
     let a = TestApp::start(&db, &["--head-lease", "8", "--db-timeout", "10"]).await;
     let mut all = blocks(10);
-    let up = a
-        .upload(&json!({"name": "own", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
-        .await;
-    let id = up["schedule_id"].as_i64().unwrap();
-    a.wait_job(up["job_id"].as_i64().unwrap()).await;
+    let id = upload(&a, "own", &all).await;
     wait_lease(&a, 1).await;
-    let warm = format!(
-        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
-        T0 + 7 * DAY
-    );
+    let warm = week(id);
     assert_eq!(version(&a.get(&warm).await), 1);
 
     // Lock A's lease row: its next renewal, sent on the listening
@@ -270,12 +274,7 @@ async fn the_writer_answers_with_its_own_write_while_its_listener_is_stalled() {
 async fn a_replica_that_died_holding_a_lease_delays_writes_by_at_most_that_lease() {
     let db = TestDb::new(Backend::Postgres).await;
     let a = TestApp::start(&db, &[]).await;
-    let up = a
-        .upload(
-            &json!({"name": "ghost", "blocks": blocks(5).iter().map(to_json).collect::<Vec<_>>()}),
-        )
-        .await;
-    let id = up["schedule_id"].as_i64().unwrap();
+    let id = upload(&a, "ghost", &blocks(5)).await;
     wait_lease(&a, 1).await;
     // A replica that took a lease and died: it never acknowledges.
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -287,15 +286,14 @@ async fn a_replica_that_died_holding_a_lease_delays_writes_by_at_most_that_lease
     .await
     .unwrap();
     pool.close().await;
-    let append = |name: &str| json!([block(name, 1.0, false, &[(T0, T0 + 600)])]).to_string();
+    let one = |name: &str| OBlock {
+        identity: name.into(),
+        priority: 1.0,
+        scheduled: false,
+        periods: vec![(T0, T0 + 600)],
+    };
     let started = Instant::now();
-    let r = a
-        .post(
-            &format!("/v1/schedules/{id}/blocks"),
-            "application/json",
-            append("late"),
-        )
-        .await;
+    let r = append(&a, id, &one("late")).await;
     let took = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(
@@ -306,13 +304,7 @@ async fn a_replica_that_died_holding_a_lease_delays_writes_by_at_most_that_lease
     assert!(stats.resent > 0, "the notice was sent again: {stats:?}");
     // Its lease is over: the next append waits for A alone.
     let started = Instant::now();
-    let r = a
-        .post(
-            &format!("/v1/schedules/{id}/blocks"),
-            "application/json",
-            append("prompt"),
-        )
-        .await;
+    let r = append(&a, id, &one("prompt")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // (Waiting for a lease would last until the confirmation's deadline,
     // 2 × 2 s + 2 × 3 s.)
@@ -330,15 +322,9 @@ async fn a_dropped_listening_connection_ends_the_epoch_and_the_lease_is_taken_ag
     let a = TestApp::start(&db, &[]).await;
     let b = TestApp::start(&db, &[]).await;
     let mut all = blocks(20);
-    let up = a
-        .upload(&json!({"name": "dropped", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
-        .await;
-    let id = up["schedule_id"].as_i64().unwrap();
+    let id = upload(&a, "dropped", &all).await;
     wait_lease(&b, 1).await;
-    let warm = format!(
-        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
-        T0 + 7 * DAY
-    );
+    let warm = week(id);
     b.get(&warm).await;
     let known = b.store().known_heads().unwrap();
     assert_eq!(known.stats().rows, 1, "B knows the head");
@@ -412,14 +398,8 @@ async fn a_sqlite_file_has_one_server_which_answers_from_the_heads_it_knows() {
     // The one server answers warm requests without reading the head, and
     // its own appends and deletes keep what it knows current.
     let mut all = blocks(10);
-    let up = a
-        .upload(&json!({"name": "lite", "blocks": all.iter().map(to_json).collect::<Vec<_>>()}))
-        .await;
-    let id = up["schedule_id"].as_i64().unwrap();
-    let warm = format!(
-        "/v1/schedules/{id}/bins?bin=3600&start={T0}&end={}",
-        T0 + 7 * DAY
-    );
+    let id = upload(&a, "lite", &all).await;
+    let warm = week(id);
     a.get(&warm).await;
     let before = known_reads(&a);
     assert_eq!(a.get(&warm).await.header("x-cache"), "hit");
