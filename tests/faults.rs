@@ -2,9 +2,9 @@
 //! proxy the test controls; `kill -9` during an upload and during an
 //! append; SIGTERM with a slow upload in flight; clients hanging up
 //! mid-upload under concurrent load; the database lost between an
-//! append's commit and its confirmation by other replicas. Each time: no answer but `503` (with
-//! `Retry-After`) for what needed the database, nothing half-written,
-//! recovery without a restart, jobs re-created.
+//! append's commit and its confirmation by other replicas. Each time: no
+//! answer but `503` (with `Retry-After`) for what needed the database,
+//! nothing half-written, recovery without a restart, jobs re-created.
 
 mod common;
 use common::*;

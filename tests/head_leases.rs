@@ -2,10 +2,11 @@
 //! it knows, without a database round trip, and still never misses a
 //! write acknowledged before a request began — appends and deletes wait
 //! for every other live lease, and the writer applies its own notice
-//! without waiting for the database to deliver it. A replica that died holding a lease delays writes
-//! by at most that lease; a dropped listening connection ends the epoch
-//! and the lease is taken again. On SQLite one process serves a file and
-//! answers from the heads its own writes keep current.
+//! without waiting for the database to deliver it. A replica that died
+//! holding a lease delays writes by at most that lease; a dropped
+//! listening connection ends the epoch and the lease is taken again. On
+//! SQLite one process serves a file and answers from the heads its own
+//! writes keep current.
 
 mod common;
 use common::oracle::{self, OBlock, OFilter};
