@@ -109,7 +109,9 @@ pub struct ServeConfig {
     pub max_query_bytes: usize,
 
     /// Seconds a request may take in all before it is answered 503 (and
-    /// whatever it was writing rolled back).
+    /// whatever it was writing rolled back; an append or delete that had
+    /// committed and was waiting for other replicas' confirmations is
+    /// stored, and answered 503 `unconfirmed`).
     #[arg(long, env = "VISBIN_REQUEST_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 300)]
     pub request_timeout: u64,
 

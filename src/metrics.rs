@@ -354,7 +354,7 @@ impl Metrics {
             ),
             head_confirmations: counter(
                 "visbin_head_confirmations_total",
-                "This replica's appends and deletes by outcome: confirmed (every live lease applied it) or unconfirmed (answered 503, stored).",
+                "This replica's appends and deletes by outcome: confirmed (every live lease applied it) or unconfirmed (stored, but not confirmed in time or its request ended while it waited: answered 503 unconfirmed unless the client had gone).",
                 &["outcome"],
             ),
             head_confirm_waits: plain_counter(

@@ -3,7 +3,8 @@
 //! write acknowledged before a request began — appends and deletes wait
 //! for every other live lease, and the writer applies its own notice
 //! without waiting for the database to deliver it. A replica that died
-//! holding a lease delays writes by at most that lease; a dropped
+//! holding a lease delays writes by at most that lease (and a request
+//! timeout while a write waits says the write is stored); a dropped
 //! listening connection ends the epoch and the lease is taken again. On
 //! SQLite one process serves a file and answers from the heads its own
 //! writes keep current.
@@ -71,6 +72,21 @@ fn known_reads(app: &TestApp) -> u64 {
         .head_reads
         .with_label_values(&["known"])
         .get()
+}
+
+/// Writes the lease of a replica that took one for `ms` and died: it
+/// never acknowledges a notice.
+async fn ghost_lease(db: &TestDb, ms: i64) {
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO head_leases (replica, epoch, expires_at) \
+         VALUES ('ghost', 1, now() + $1 * interval '1 millisecond')",
+    )
+    .bind(ms as f64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
 }
 
 /// Waits until `app` trusts a head lease in epoch `epochs` or later.
@@ -278,15 +294,7 @@ async fn a_replica_that_died_holding_a_lease_delays_writes_by_at_most_that_lease
     let id = upload(&a, "ghost", &blocks(5)).await;
     wait_lease(&a, 1).await;
     // A replica that took a lease and died: it never acknowledges.
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO head_leases (replica, epoch, expires_at) \
-         VALUES ('ghost', 1, now() + interval '1500 milliseconds')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+    ghost_lease(&db, 1_500).await;
     let one = |name: &str| OBlock {
         identity: name.into(),
         priority: 1.0,
@@ -313,6 +321,40 @@ async fn a_replica_that_died_holding_a_lease_delays_writes_by_at_most_that_lease
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_while_replicas_confirm_says_the_write_is_stored() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = TestApp::start(&db, &["--request-timeout", "1"]).await;
+    let id = upload(&a, "slow", &blocks(5)).await;
+    ghost_lease(&db, 3_000).await;
+    let late = OBlock {
+        identity: "late".into(),
+        priority: 1.0,
+        scheduled: false,
+        periods: vec![(T0, T0 + 600)],
+    };
+    let r = append(&a, id, &late).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    let problem = r.json();
+    assert_eq!(problem["code"], "unconfirmed", "{}", r.text);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the write is stored")
+            && detail.contains("VISBIN_REQUEST_TIMEOUT")
+            && detail.contains("do not repeat it"),
+        "{detail}"
+    );
+    let stats = a.app_state.store.confirm_stats().unwrap();
+    assert_eq!(stats.unconfirmed, 1, "{stats:?}");
+    let schedule = a.get(&format!("/v1/schedules/{id}")).await.json();
+    assert_eq!(
+        (schedule["version"].as_i64(), schedule["blocks"].as_i64()),
+        (Some(2), Some(6)),
+        "the append is stored: {schedule}"
     );
     a.stop().await;
 }

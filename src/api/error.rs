@@ -142,9 +142,9 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unconfirmed",
                 format!(
-                    "the write is stored, but {m} (the database became unreachable); every \
-                     replica sees it within VISBIN_HEAD_LEASE at the latest; do not repeat \
-                     it: read the schedule to see it"
+                    "the write is stored, but {m}; every replica sees it within \
+                     VISBIN_HEAD_LEASE at the latest; do not repeat it: read the schedule to \
+                     see it"
                 ),
             ),
             e => ApiError::internal(e.into()),

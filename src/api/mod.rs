@@ -16,13 +16,14 @@ pub use bins::{bin_query, histogram_query};
 use crate::ingest::IngestService;
 use crate::metrics::Metrics;
 use crate::query::QueryService;
-use crate::store::Store;
+use crate::store::{self, Store, StoreError};
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
 use error::ApiError;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{Either, LocalBoxFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -260,11 +261,28 @@ where
         let timeout = state
             .as_ref()
             .map_or(Duration::MAX, |s| s.limits.request_timeout);
-        let call = srv.call(req);
+        // Only writes wait for confirmations; reads skip the noting.
+        let stored = (!matches!(*req.method(), Method::GET | Method::HEAD))
+            .then(|| Arc::new(AtomicBool::new(false)));
+        let call = match &stored {
+            Some(s) => Either::Left(store::noting_stored_writes(s.clone(), srv.call(req))),
+            None => Either::Right(srv.call(req)),
+        };
         let id = request_id.clone();
         Box::pin(async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(res) => res.map(ServiceResponse::map_into_left_body),
+                // A write committed while it waited for the other
+                // replicas' confirmations: it is stored.
+                Err(_) if stored.is_some_and(|s| s.load(Ordering::SeqCst)) => {
+                    Err(ApiError::from(StoreError::Unconfirmed(format!(
+                        "the request took longer than {} s (VISBIN_REQUEST_TIMEOUT) while \
+                         replicas confirmed it",
+                        timeout.as_secs()
+                    )))
+                    .with_header("X-Request-Id", id)
+                    .into())
+                }
                 // Dropping the handler's future rolls back what it was
                 // writing; actix answers the error as its response.
                 Err(_) => Err(ApiError::new(

@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use known::{KnownHeads, KnownStats, Ticket};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use watch::ConfirmStats;
+pub use watch::{noting_stored_writes, ConfirmStats};
 
 /// Errors of the storage layer, classified for the caller.
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,7 @@ use super::known::KnownHeads;
 use super::{StoreError, StoreResult};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPool, PgPoolOptions};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,22 @@ const MAX_PAYLOAD: usize = 7_000;
 pub const APPLICATION_NAME: &str = "visbin head watch";
 /// Longest pause between two attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// Set once a write of the request polled in this scope has committed
+    /// and waits for confirmations (see [`noting_stored_writes`]).
+    static STORED: Arc<AtomicBool>;
+}
+
+/// Polls `request`, setting `stored` once a write it makes has committed
+/// and starts waiting for the other replicas: a request timeout during
+/// that wait must say the write is stored, not that nothing was.
+pub async fn noting_stored_writes<F: std::future::Future>(
+    stored: Arc<AtomicBool>,
+    request: F,
+) -> F::Output {
+    STORED.scope(stored, request).await
+}
 
 /// A lease held by a replica in one epoch.
 type Holder = (String, i64);
@@ -95,6 +111,31 @@ pub struct ConfirmStats {
     pub unconfirmed: u64,
     /// Notices sent again.
     pub resent: u64,
+}
+
+/// A confirmation's outcome for the stats: unconfirmed when dropped
+/// before [`Outcome::confirmed`] (at the deadline, or when the request
+/// was dropped while it waited: its timeout).
+struct Outcome<'a> {
+    stats: &'a Mutex<ConfirmStats>,
+    confirmed: bool,
+}
+
+impl Outcome<'_> {
+    fn confirmed(&mut self, waited_for: u64) {
+        let mut s = self.stats.lock().expect("not poisoned");
+        s.confirmed += 1;
+        s.waited_for += waited_for;
+        self.confirmed = true;
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            self.stats.lock().expect("not poisoned").unconfirmed += 1;
+        }
+    }
 }
 
 /// One replica's side of head leases.
@@ -203,6 +244,7 @@ impl HeadWatch {
     /// ([`StoreError::Unconfirmed`]) if that cannot be known in time — the
     /// write is stored all the same.
     pub async fn confirm(&self, a: Announcement) -> StoreResult<()> {
+        let _ = STORED.try_with(|s| s.store(true, Ordering::SeqCst));
         // This replica applies its own notice at once rather than through
         // the database (its own lease, in whatever epoch, is then done).
         self.known.changed(a.id, a.version);
@@ -213,6 +255,10 @@ impl HeadWatch {
         let mut deadline = started + 2 * self.lease + 2 * self.timeout;
         let mut pending: Option<HashSet<Holder>> = None;
         let mut waited_for = 0;
+        let mut outcome = Outcome {
+            stats: &self.stats,
+            confirmed: false,
+        };
         loop {
             if pending.is_none() {
                 // The leases live now, after the commit: a replica whose
@@ -232,16 +278,14 @@ impl HeadWatch {
                 let acked = a.waiter.acked.lock().expect("not poisoned");
                 p.retain(|h| !acked.contains(h));
                 if p.is_empty() {
-                    let mut s = self.stats.lock().expect("not poisoned");
-                    s.confirmed += 1;
-                    s.waited_for += waited_for;
+                    outcome.confirmed(waited_for);
                     return Ok(());
                 }
             }
             if Instant::now() >= deadline {
-                self.stats.lock().expect("not poisoned").unconfirmed += 1;
                 return Err(StoreError::Unconfirmed(format!(
-                    "not every replica confirmed it within {} ms",
+                    "not every replica confirmed it within {} ms (the database became \
+                     unreachable)",
                     started.elapsed().as_millis()
                 )));
             }
