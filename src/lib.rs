@@ -24,7 +24,8 @@
 //!   Postgres and SQLite dialects; the only module that speaks SQL. On
 //!   Postgres also head leases: the heads a replica may answer from without
 //!   a round trip, kept current by notices every append and delete waits
-//!   on before it is acknowledged.
+//!   on before it is acknowledged. On SQLite the serving process claims
+//!   its file, so its own writes keep its known heads current.
 //! - [`jobs`]: background summary jobs and their progress.
 //! - [`api`]: actix routes, middleware, problem+json errors, OpenAPI; it
 //!   parses requests, calls `query`/`ingest`, and formats responses.
